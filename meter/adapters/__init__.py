@@ -1,0 +1,1 @@
+"""Adapters: the only place faust, Kafka clients, HTTP and Prometheus are imported."""
