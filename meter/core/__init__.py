@@ -1,1 +1,1 @@
-"""The pure domain core: events, windows, policy, usage and alerts. Standard library only, no I/O."""
+"""The pure domain core: events, windows, policy, usage, alerts. Standard library only, no I/O."""

@@ -1,0 +1,71 @@
+"""Kafka topic administration: create the topics the meter needs, with partitions and retention."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the meter reads or writes, with the settings it is created with when missing."""
+
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec], *, replication: int = 1, timeout_s: float = 30.0
+) -> list[str]:
+    """Create the missing topics; returns the names created. Existing topics are left as they are,
+    except that a topic with fewer partitions than asked for is reported (never repartitioned)."""
+    specs = list(specs)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="meter-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        for spec in missing:
+            try:
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            name=spec.name,
+                            num_partitions=spec.partitions,
+                            replication_factor=replication,
+                            topic_configs=dict(spec.config),
+                        )
+                    ],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+                created.append(spec.name)
+                log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def partition_counts(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
+    """Partitions per existing topic (missing topics are absent from the result)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="meter-admin")
+    try:
+        described = admin.describe_topics(list(names))
+        return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+    finally:
+        admin.close()
+
+
+__all__ = ["TopicSpec", "ensure_topics", "partition_counts"]

@@ -1,0 +1,130 @@
+"""The `meter` command line: the one entry point, and the one place logging is configured."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from meter.adapters.broker import BrokerError, BrokerLayout, LocalBroker
+from meter.config import BrokerSettings
+from meter.core.errors import ConfigError, MeterError, PolicyError
+
+log = logging.getLogger("meter")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object | None]:
+    return dict(vars(args))
+
+
+def local_broker(flags: Mapping[str, object | None], env: Mapping[str, str]) -> LocalBroker:
+    s = BrokerSettings.load(flags, env)
+    return LocalBroker(
+        BrokerLayout(
+            home=s.home, state=s.state, host=s.host, port=s.port, controller_port=s.controller_port
+        )
+    )
+
+
+def cmd_kafka(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    broker = local_broker(_flags(args), env)
+    lay = broker.layout
+    action: str = args.action
+    if action == "fetch":
+        broker.fetch()
+        print(f"Kafka jars in {lay.lib}")
+        return EXIT_OK
+    if action == "start":
+        if broker.start(timeout=args.timeout):
+            print(f"Kafka broker started (pid {broker.pid()}); bootstrap servers: {lay.bootstrap}")
+        else:
+            print(f"Kafka broker already running (pid {broker.pid()}); bootstrap: {lay.bootstrap}")
+        print(f"data and logs: {lay.state}")
+        return EXIT_OK
+    if action == "stop":
+        if broker.stop():
+            print("Kafka broker stopped")
+        else:
+            print("Kafka broker was not running")
+        return EXIT_OK
+    # status
+    if broker.ready():
+        print(f"running (pid {broker.pid()}), bootstrap servers: {lay.bootstrap}")
+        return EXIT_OK
+    if broker.running():
+        print(f"starting (pid {broker.pid()}), not yet accepting connections on {lay.bootstrap}")
+        return EXIT_NOT_RUNNING
+    print("not running")
+    return EXIT_NOT_RUNNING
+
+
+def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "kafka",
+        help="manage the local development Kafka broker (Apache Kafka jars from Maven Central)",
+        description="Manage a single-node KRaft broker on loopback. Data and logs: var/kafka/.",
+    )
+    p.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    p.add_argument("--port", type=int, default=None, help="broker port (METER_KAFKA_PORT, 9092)")
+    p.add_argument(
+        "--controller-port",
+        type=int,
+        default=None,
+        help="KRaft controller port (METER_KAFKA_CONTROLLER_PORT, broker port + 1)",
+    )
+    p.add_argument("--kafka-home", default=None, help="the Maven project (METER_KAFKA_HOME)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for start-up")
+    p.set_defaults(handler=cmd_kafka)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meter",
+        description="Streaming usage meter: calls and records per app and organisation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_kafka(sub)
+    from meter import commands  # noqa: PLC0415 - the heavier commands import faust lazily
+
+    commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args, env)
+    except ConfigError as exc:
+        print(f"meter: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PolicyError as exc:
+        print(f"meter: policy error at {exc.path or '(top)'}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerError as exc:
+        print(f"meter: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except MeterError as exc:
+        print(f"meter: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Plain kafka-python producing and reading for integration tests (clients no meter code wrote)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes | None],
+    *,
+    key: bytes | None = None,
+    keys: Sequence[bytes | None] | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    partition: int | None = None,
+) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    n = 0
+    try:
+        for i, value in enumerate(values):
+            k = keys[i] if keys is not None else key
+            producer.send(topic, value=value, key=k, headers=headers or [], partition=partition)
+            n += 1
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    return n
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+    abort: Callable[[], bool] | None = None,
+) -> list[ConsumerRecord]:
+    """Everything on `topic` from the beginning: waits for `expect` records (then `settle` more
+    seconds, to catch extras such as duplicates), or until the end offsets when `expect` is None.
+    Returns early when `abort()` says so (e.g. the process under test died)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout
+        parts: list[TopicPartition] = []
+        while not parts and time.monotonic() < deadline:
+            ids = consumer.partitions_for_topic(topic)
+            parts = [TopicPartition(topic, p) for p in sorted(ids or [])]
+            if not parts:
+                time.sleep(0.2)
+        if not parts:
+            return []
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        out: list[ConsumerRecord] = []
+        settle_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if expect is None:
+                ends = consumer.end_offsets(parts)
+                if all(consumer.position(tp) >= ends[tp] for tp in parts):
+                    return out
+            elif len(out) >= expect:
+                settle_until = settle_until or now + settle
+                if now >= settle_until:
+                    return out
+            if now > deadline or (abort is not None and abort()):
+                return out
+            for recs in consumer.poll(timeout_ms=200).values():
+                out.extend(recs)
+    finally:
+        consumer.close()
