@@ -103,3 +103,91 @@ class KafkaSettings:
     def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> KafkaSettings:
         bootstrap = _pick(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty)
         return cls(bootstrap=bootstrap)
+
+
+def duration_ms(text: str) -> int:
+    """ "90s", "15m", "1h", "1d", "500ms" or a number of seconds."""
+    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    t = text.strip().lower()
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if t.endswith(suffix) and t[: -len(suffix)].strip().isdigit():
+            return int(t[: -len(suffix)]) * units[suffix]
+    if t.isdigit():
+        return int(t) * 1000
+    raise ValueError("expected a duration such as 90s, 15m, 1h or 1d")
+
+
+def store_url(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"rocksdb", "memory"}:
+        raise ValueError("must be 'rocksdb' or 'memory'")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a `meter worker` process needs; see the README's configuration table."""
+
+    policy: Path
+    bootstrap: str | None
+    input_topic: str = "api-calls"
+    dlq_topic: str = "api-calls.dlq"
+    alerts_topic: str = "usage-alerts"
+    windows_topic: str = "usage-windows"
+    group: str = "meter"
+    partitions: int = 4
+    grace_ms: int = 60_000
+    dedup_horizon_ms: int = 3_600_000
+    late_horizon_ms: int = 86_400_000
+    store: str = "rocksdb"
+    data_dir: Path = Path("var/worker")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    tick_ms: int = 5_000
+
+    @property
+    def routed_topic(self) -> str:
+        return f"{self.group}-routed"
+
+    @property
+    def changelog_topic(self) -> str:
+        """faust names a table's changelog `<app id>-<table>-changelog`; the table is "ledger"."""
+        return f"{self.group}-ledger-changelog"
+
+    @classmethod
+    def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> WorkerSettings:
+        policy = _pick(flags, env, "policy", "METER_POLICY", None, non_empty)
+        if policy is None:
+            raise ConfigError("--policy / METER_POLICY", "a policy file is required")
+        input_topic = _pick(flags, env, "input_topic", "METER_INPUT_TOPIC", "api-calls", non_empty)
+        group = _pick(flags, env, "group", "METER_GROUP", "meter", non_empty)
+        web_port = _pick(flags, env, "web_port", "METER_WEB_PORT", 6066, port_number)
+        default_data = default_state_dir(env) / "worker" / f"{group}-{web_port}"
+        return cls(
+            policy=Path(policy),
+            bootstrap=_pick(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty),
+            input_topic=input_topic,
+            dlq_topic=_pick(
+                flags, env, "dlq_topic", "METER_DLQ_TOPIC", f"{input_topic}.dlq", non_empty
+            ),
+            alerts_topic=_pick(
+                flags, env, "alerts_topic", "METER_ALERTS_TOPIC", "usage-alerts", non_empty
+            ),
+            windows_topic=_pick(
+                flags, env, "windows_topic", "METER_WINDOWS_TOPIC", "usage-windows", non_empty
+            ),
+            group=group,
+            partitions=_pick(flags, env, "partitions", "METER_PARTITIONS", 4, positive_int),
+            grace_ms=_pick(flags, env, "grace", "METER_GRACE", 60_000, duration_ms),
+            dedup_horizon_ms=_pick(
+                flags, env, "dedup_horizon", "METER_DEDUP_HORIZON", 3_600_000, duration_ms
+            ),
+            late_horizon_ms=_pick(
+                flags, env, "late_horizon", "METER_LATE_HORIZON", 86_400_000, duration_ms
+            ),
+            store=_pick(flags, env, "store", "METER_STORE", "rocksdb", store_url),
+            data_dir=_pick(flags, env, "data_dir", "METER_DATA_DIR", default_data, Path),
+            web_host=_pick(flags, env, "web_host", "METER_WEB_HOST", "127.0.0.1", non_empty),
+            web_port=web_port,
+            tick_ms=_pick(flags, env, "tick", "METER_TICK", 5_000, duration_ms),
+        )

@@ -63,7 +63,7 @@ def partition_counts(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="meter-admin")
     try:
         described = admin.describe_topics(list(names))
-        return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+        return {d["name"]: len(d["partitions"]) for d in described if not d.get("error_code")}
     finally:
         admin.close()
 

@@ -1,0 +1,76 @@
+"""Running a worker process: topics, the faust worker, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from meter.adapters.telemetry import Telemetry
+from meter.adapters.topics import TopicSpec, ensure_topics, partition_counts
+from meter.adapters.worker import MeterWorker
+from meter.config import WorkerSettings
+from meter.core.errors import ConfigError
+from meter.core.policy import Policy
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+
+def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
+    """The topics a worker needs, created when missing (partitions: --partitions)."""
+
+    def keep(days: int) -> dict[str, str]:
+        return {"retention.ms": str(days * DAY_MS)}
+
+    return [
+        TopicSpec(s.input_topic, s.partitions, keep(7)),
+        TopicSpec(s.routed_topic, s.partitions, keep(7)),
+        TopicSpec(s.changelog_topic, s.partitions, {"cleanup.policy": "compact"}),
+        TopicSpec(s.dlq_topic, s.partitions, keep(30)),
+        TopicSpec(s.alerts_topic, s.partitions, keep(90)),
+        TopicSpec(s.windows_topic, s.partitions, keep(400)),
+    ]
+
+
+def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
+    """Create missing topics; check the routed topic matches the state's partitioning."""
+    ensure_topics(bootstrap, topic_specs(s))
+    counts = partition_counts(
+        bootstrap, [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic]
+    )
+    for name in (s.routed_topic, s.changelog_topic):
+        if counts.get(name) != s.partitions:
+            raise ConfigError(
+                "--partitions / METER_PARTITIONS",
+                f"topic {name} has {counts.get(name)} partitions but {s.partitions} were "
+                "configured; the state is partitioned like it, so they must match",
+            )
+    return counts
+
+
+def run_worker(settings: WorkerSettings, policy: Policy, bootstrap: str, *, verbose: bool) -> int:
+    counts = prepare_topics(settings, bootstrap)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    telemetry = Telemetry(CollectorRegistry(), policy)
+    worker = MeterWorker(settings, policy, bootstrap, telemetry)
+    worker.out_partitions.update(counts)
+    log.info(
+        "worker %s: input %s, %d partitions, store %s at %s, metrics http://%s:%d/metrics",
+        settings.group,
+        settings.input_topic,
+        settings.partitions,
+        settings.store,
+        settings.data_dir,
+        settings.web_host,
+        settings.web_port,
+    )
+    faust.Worker(
+        worker.app,
+        loglevel="debug" if verbose else "info",
+        quiet=True,
+        override_logging=False,
+    ).execute_from_commandline()
+    return 0

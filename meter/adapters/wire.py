@@ -1,0 +1,62 @@
+"""Wire formats between the worker's two stages, and of the dead-letter topic.
+
+Routed records carry the already validated events of one source record for one organisation,
+as compact JSON arrays, with the source coordinates for tracing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from meter.core.events import ApiCall, Rejection
+
+TICK = b'{"tick":1}'
+MAX_DLQ_REASONS = 100
+
+
+def encode_routed(events: Sequence[ApiCall], topic: str, partition: int, offset: int) -> bytes:
+    rows = [
+        [
+            e.id,
+            e.time_ms,
+            e.app_id,
+            e.org_id,
+            e.endpoint,
+            e.records,
+            e.status,
+            e.recipient,
+            e.user_id,
+        ]
+        for e in events
+    ]
+    return json.dumps({"e": rows, "s": [topic, partition, offset]}, separators=(",", ":")).encode()
+
+
+def decode_routed(value: bytes) -> list[ApiCall] | None:
+    """The events of a routed record; None for a tick (a control record that carries no events)."""
+    doc = json.loads(value)
+    rows = doc.get("e")
+    if rows is None:
+        return None
+    return [ApiCall(*row) for row in rows]
+
+
+def dlq_headers(
+    rejections: Sequence[Rejection], topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Headers of a dead-letter record; its value is the original bytes, untouched."""
+    first = rejections[0]
+    listed = [
+        {"index": r.index, "reason": r.reason, "detail": r.detail}
+        for r in rejections[:MAX_DLQ_REASONS]
+    ]
+    return [
+        ("meter-reason", first.reason.encode()),
+        ("meter-detail", first.detail.encode()),
+        ("meter-rejections", json.dumps(listed).encode()),
+        ("meter-rejected-count", str(len(rejections)).encode()),
+        ("meter-source-topic", topic.encode()),
+        ("meter-source-partition", str(partition).encode()),
+        ("meter-source-offset", str(offset).encode()),
+    ]

@@ -1,0 +1,490 @@
+"""The usage ledger of one input partition: exact counts per subject and window, threshold alerts,
+window close on the event-time watermark, late amendments, and expiry of old state.
+
+Exactness under replay: every value written carries `off`, the highest source offset folded into
+it. All the events of one subject arrive on one partition in offset order, so a record whose
+offset is not above a key's `off` has already been applied to that key and is skipped for it.
+Records to publish sit in the key's outbox (`ob`) until the adapter confirms they were sent.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meter.core.events import ApiCall
+from meter.core.outputs import (
+    WINDOWS,
+    Json,
+    Outbound,
+    cap_alert,
+    marker_alert,
+    stable_id,
+    window_json,
+)
+from meter.core.policy import Cap, Policy
+from meter.core.windows import WindowSpec, format_ms
+
+DAY_MS = 86_400_000
+_DEDUP_BUCKET_MS = 60_000
+NO_ENDPOINT = "(none)"
+OTHER_ENDPOINTS = "(other)"
+
+
+class Store(Protocol):
+    """Key-value state of one partition (a faust table in the worker, a dict in tests)."""
+
+    def get(self, key: str) -> Json | None: ...
+    def put(self, key: str, value: Json) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    grace_ms: int = 60_000
+    """Event-time delay after a window's end before it closes (late events after that amend it)."""
+    dedup_horizon_ms: int = 3_600_000
+    """How long (in event time behind the watermark) an event id is remembered for deduplication."""
+    late_horizon_ms: int = DAY_MS
+    """How long a closed window's totals are kept after close, so late events amend real totals."""
+    max_endpoints: int = 200
+    """Per-endpoint breakdown entries per window; further endpoints fold into "(other)"."""
+
+
+@dataclass
+class Stats:
+    """What one `apply` did, for metrics and logs."""
+
+    events: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    late: int = 0
+    unknown_app: int = 0
+    alerts: int = 0
+    windows_closed: int = 0
+    amendments: int = 0
+    calls_by_org: dict[str, int] = field(default_factory=dict)
+    records_by_org: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An outbound record held in the outbox of state key `key`."""
+
+    key: str
+    record: Outbound
+
+
+@dataclass
+class Applied:
+    outbox: list[Pending]
+    stats: Stats
+
+
+_CapLevels = list[tuple[Cap, list[tuple[float, str, int]]]]
+
+
+def _levels(cap: Cap) -> list[tuple[float, str, int]]:
+    return [
+        (t.ratio, t.severity, max(1, math.ceil(t.ratio * cap.limit - 1e-9))) for t in cap.thresholds
+    ]
+
+
+class PartitionLedger:
+    """All counting state of one partition of the routed topic, behind a `Store`."""
+
+    def __init__(
+        self, partition: int, policy: Policy, settings: LedgerSettings, store: Store
+    ) -> None:
+        self.partition = partition
+        self.policy = policy
+        self.settings = settings
+        self.store = store
+        self.watermark_ms: int | None = None
+        self._meta_key = f"w|{partition}"
+        self._heap: list[tuple[int, str, str]] = []  # (due_ms, action, key)
+        self._dedup: dict[int, list[str]] = {}
+        self._caps: dict[tuple[str, str], dict[str, _CapLevels]] = {}
+        self._pending_markers: list[Pending] = []
+
+    # -- recovery ------------------------------------------------------------------------------
+    def bootstrap(self, items: Iterable[tuple[str, Json]]) -> list[Pending]:
+        """Rebuild the in-memory indexes from this partition's stored items; returns the outbox
+        records that were written but not confirmed sent before a crash or rebalance."""
+        pending: list[Pending] = []
+        grace, late = self.settings.grace_ms, self.settings.late_horizon_ms
+        for key, value in items:
+            if value.get("p") != self.partition:
+                continue
+            kind = key[0]
+            if kind == "w":
+                self.watermark_ms = value["wm"]
+            elif kind == "d":
+                self._remember_id(key, value["t"])
+            elif kind == "s":
+                if value["rev"] < 0:
+                    heapq.heappush(self._heap, (value["we"] + grace, "close", key))
+                else:
+                    heapq.heappush(self._heap, (value["we"] + grace + late, "expire", key))
+            elif kind == "m":
+                heapq.heappush(self._heap, (value["we"] + grace, "expire", key))
+            pending.extend(Pending(key, Outbound.from_json(o)) for o in value.get("ob", ()))
+        return pending
+
+    def acknowledge(self, sent: Iterable[Pending]) -> None:
+        """Drop confirmed records from their keys' outboxes."""
+        by_key: dict[str, set[str]] = {}
+        for p in sent:
+            by_key.setdefault(p.key, set()).add(p.record.id)
+        for key, ids in by_key.items():
+            value = self.store.get(key)
+            if value is None or not value.get("ob"):
+                continue
+            value["ob"] = [o for o in value["ob"] if o["id"] not in ids]
+            self.store.put(key, value)
+
+    # -- counting ------------------------------------------------------------------------------
+    def apply(self, offset: int, events: Sequence[ApiCall], now_ms: int) -> Applied:
+        """Fold the events of the source record at `offset` into the state, then close windows the
+        watermark has passed. Idempotent: applying the same offset again changes nothing."""
+        stats = Stats()
+        touched: dict[str, Json] = {}
+        skipped: set[str] = set()
+        wm = self.watermark_ms
+        seen_here: set[str] = set()
+        for ev in events:
+            dkey = f"d|{ev.app_id}|{ev.id}"
+            if dkey in seen_here:
+                stats.duplicates += 1
+                continue
+            seen_here.add(dkey)
+            known = self.store.get(dkey)
+            if known is None:
+                self.store.put(dkey, {"p": self.partition, "off": offset, "t": ev.time_ms})
+                self._remember_id(dkey, ev.time_ms)
+            elif known["off"] != offset:
+                stats.duplicates += 1
+                continue
+            stats.events += 1
+            self._count_event(ev, offset, wm, touched, skipped, stats, now_ms)
+
+        outbox: list[Pending] = []
+        for key, slot in touched.items():
+            new: list[Json] = slot.pop("_new", [])
+            if slot.pop("_late", False):
+                slot["rev"] += 1
+                stats.amendments += 1
+                amendment = self._window_record(slot, now_ms).to_json()
+                slot["ob"].append(amendment)
+                new.append(amendment)
+            slot["off"] = offset
+            self.store.put(key, slot)
+            outbox.extend(Pending(key, Outbound.from_json(o)) for o in new)
+        stats.replayed = len(skipped)
+        if events:
+            top = max(ev.time_ms for ev in events)
+            if wm is None or top > wm:
+                self.watermark_ms = top
+                self.store.put(self._meta_key, {"p": self.partition, "wm": top})
+        outbox.extend(self._advance(offset, now_ms, stats))
+        stats.alerts = sum(1 for p in outbox if p.record.kind != WINDOWS)
+        return Applied(outbox, stats)
+
+    def _count_event(
+        self,
+        ev: ApiCall,
+        offset: int,
+        wm: int | None,
+        touched: dict[str, Json],
+        skipped: set[str],
+        stats: Stats,
+        now_ms: int,
+    ) -> None:
+        policy = self.policy
+        org = policy.org_of(ev.app_id, ev.org_id)
+        if org is not None:
+            stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
+            stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
+        was_late = False
+        subjects = (("app", ev.app_id), ("org", org)) if org is not None else (("app", ev.app_id),)
+        for stype, subject in subjects:
+            assert subject is not None
+            caps = self._caps_for(stype, subject)
+            for spec in policy.windows:
+                slot = self._slot(
+                    stype, subject, org, spec, ev.time_ms, offset, wm, touched, skipped
+                )
+                if slot is None:
+                    continue
+                late = slot["rev"] >= 0
+                was_late |= late
+                self._add(slot, ev, caps.get(spec.name, ()), late, now_ms)
+        if was_late:
+            stats.late += 1
+        if not policy.known_app(ev.app_id):
+            stats.unknown_app += 1
+            self._marker(
+                "unknown_app", "warning", "app", ev.app_id, org, ev, offset, wm, now_ms, {}
+            )
+        rule = policy.restricted_violation(org, ev.recipient, ev.time_ms)
+        if rule is not None:
+            details = {"app_id": ev.app_id, "recipient": rule.recipient, "rule": rule.requires}
+            subject = org if org is not None else ev.app_id
+            stype = "org" if org is not None else "app"
+            self._marker(
+                "restricted_use",
+                rule.severity,
+                stype,
+                subject,
+                org,
+                ev,
+                offset,
+                wm,
+                now_ms,
+                details,
+            )
+
+    def _caps_for(self, stype: str, subject: str) -> dict[str, _CapLevels]:
+        cached = self._caps.get((stype, subject))
+        if cached is None:
+            caps = (
+                self.policy.app_caps(subject) if stype == "app" else self.policy.org_caps(subject)
+            )
+            cached = {}
+            for cap in caps:
+                cached.setdefault(cap.window.name, []).append((cap, _levels(cap)))
+            self._caps[(stype, subject)] = cached
+        return cached
+
+    def _slot(
+        self,
+        stype: str,
+        subject: str,
+        org: str | None,
+        spec: WindowSpec,
+        ts: int,
+        offset: int,
+        wm: int | None,
+        touched: dict[str, Json],
+        skipped: set[str],
+    ) -> Json | None:
+        w = spec.bucket(ts)
+        key = f"s|{stype}|{subject}|{spec.name}|{w.start_ms}"
+        slot = touched.get(key)
+        if slot is not None:
+            return slot
+        if key in skipped:
+            return None
+        slot = self.store.get(key)
+        if slot is not None and slot["off"] >= offset:
+            skipped.add(key)
+            return None
+        if slot is None:
+            grace = self.settings.grace_ms
+            closed = wm is not None and w.end_ms + grace <= wm
+            base_expired = (
+                closed
+                and wm is not None
+                and (w.end_ms + grace + self.settings.late_horizon_ms <= wm)
+            )
+            slot = {
+                "p": self.partition,
+                "off": offset,
+                "st": stype,
+                "sub": subject,
+                "org": org,
+                "w": spec.name,
+                "ws": w.start_ms,
+                "we": w.end_ms,
+                "c": 0,
+                "r": 0,
+                "ep": {},
+                "fc": {},
+                "fired": [],
+                "rev": 0 if closed else -1,
+                "late": 0,
+                "ob": [],
+            }
+            if base_expired:
+                slot["base"] = "expired"
+            due = w.end_ms + grace + (self.settings.late_horizon_ms if closed else 0)
+            heapq.heappush(self._heap, (due, "expire" if closed else "close", key))
+        touched[key] = slot
+        return slot
+
+    def _add(
+        self, slot: Json, ev: ApiCall, caps: _CapLevels | tuple[()], late: bool, now: int
+    ) -> None:
+        c0, r0 = slot["c"], slot["r"]
+        c1, r1 = c0 + 1, r0 + ev.records
+        slot["c"], slot["r"] = c1, r1
+        eps = slot["ep"]
+        ep = ev.endpoint or NO_ENDPOINT
+        cell = eps.get(ep)
+        if cell is None:
+            if len(eps) >= self.settings.max_endpoints:
+                ep = OTHER_ENDPOINTS
+            cell = eps.setdefault(ep, [0, 0])
+        cell[0] += 1
+        cell[1] += ev.records
+        if late:
+            slot["late"] += 1
+            slot["_late"] = True
+        for cap, levels in caps:
+            if cap.filtered:
+                if not cap.matches(ev.endpoint, ev.status):
+                    continue
+                fc = slot["fc"].setdefault(cap.key, [0, 0])
+                before = fc[0] if cap.metric == "calls" else fc[1]
+                fc[0] += 1
+                fc[1] += ev.records
+                after = fc[0] if cap.metric == "calls" else fc[1]
+            elif cap.metric == "calls":
+                before, after = c0, c1
+            else:
+                before, after = r0, r1
+            for ratio, severity, level in levels:
+                if before < level <= after:
+                    tag = f"{cap.key}@{ratio}"
+                    if tag in slot["fired"]:
+                        continue
+                    slot["fired"].append(tag)
+                    alert = cap_alert(
+                        subject_type=slot["st"],
+                        subject=slot["sub"],
+                        org_id=slot["org"],
+                        cap_key=cap.key,
+                        metric=cap.metric,
+                        window=window_json(slot["w"], slot["ws"], slot["we"]),
+                        window_start_ms=slot["ws"],
+                        limit=cap.limit,
+                        used=after,
+                        threshold=ratio,
+                        severity=severity,
+                        crossed_at_ms=ev.time_ms,
+                        event_id=ev.id,
+                        late=late,
+                        now_ms=now,
+                    )
+                    self._emit(slot, alert)
+
+    @staticmethod
+    def _emit(value: Json, record: Outbound) -> None:
+        data = record.to_json()
+        value.setdefault("ob", []).append(data)
+        value.setdefault("_new", []).append(data)
+
+    def _marker(
+        self,
+        kind: str,
+        severity: str,
+        stype: str,
+        subject: str,
+        org: str | None,
+        ev: ApiCall,
+        offset: int,
+        wm: int | None,
+        now_ms: int,
+        details: Json,
+    ) -> None:
+        """Raise a once-per-subject-per-UTC-day alert (unknown app, restricted use)."""
+        day = ev.time_ms - ev.time_ms % DAY_MS
+        extra = "|".join(str(v) for v in details.values())
+        key = f"m|{kind}|{stype}|{subject}|{extra}|{day}"
+        if self.store.get(key) is not None:
+            return
+        marker: Json = {"p": self.partition, "off": offset, "ws": day, "we": day + DAY_MS, "ob": []}
+        late = wm is not None and day + DAY_MS + self.settings.grace_ms <= wm
+        alert = marker_alert(
+            kind=kind,
+            severity=severity,
+            subject_type=stype,
+            subject=subject,
+            org_id=org,
+            day_start_ms=day,
+            day_end_ms=day + DAY_MS,
+            crossed_at_ms=ev.time_ms,
+            event_id=ev.id,
+            late=late,
+            now_ms=now_ms,
+            details=details,
+        )
+        marker["ob"].append(alert.to_json())
+        self.store.put(key, marker)
+        heapq.heappush(self._heap, (day + DAY_MS + self.settings.grace_ms, "expire", key))
+        self._pending_markers.append(Pending(key, alert))
+
+    # -- watermark -----------------------------------------------------------------------------
+    def _advance(self, offset: int, now_ms: int, stats: Stats) -> list[Pending]:
+        """Close windows and expire state the watermark has passed."""
+        out: list[Pending] = self._pending_markers
+        self._pending_markers = []
+        wm = self.watermark_ms
+        if wm is None:
+            return out
+        heap = self._heap
+        while heap and heap[0][0] <= wm:
+            _, action, key = heapq.heappop(heap)
+            value = self.store.get(key)
+            if value is None:
+                continue
+            if action == "close":
+                if value["rev"] >= 0:
+                    continue
+                value["rev"] = 0
+                value["off"] = max(value["off"], offset)
+                record = self._window_record(value, now_ms)
+                value["ob"].append(record.to_json())
+                self.store.put(key, value)
+                out.append(Pending(key, record))
+                stats.windows_closed += 1
+                due = value["we"] + self.settings.grace_ms + self.settings.late_horizon_ms
+                heapq.heappush(heap, (due, "expire", key))
+            elif value.get("ob"):
+                heapq.heappush(heap, (wm + _DEDUP_BUCKET_MS, "expire", key))  # unsent: keep
+            else:
+                self.store.delete(key)
+        horizon = wm - self.settings.dedup_horizon_ms
+        for bucket in [b for b in self._dedup if (b + 1) * _DEDUP_BUCKET_MS <= horizon]:
+            for key in self._dedup.pop(bucket):
+                self.store.delete(key)
+        return out
+
+    def _remember_id(self, key: str, time_ms: int) -> None:
+        self._dedup.setdefault(time_ms // _DEDUP_BUCKET_MS, []).append(key)
+
+    def _window_record(self, slot: Json, now_ms: int) -> Outbound:
+        rev = slot["rev"]
+        caps_out = []
+        for cap, _ in self._caps_for(slot["st"], slot["sub"]).get(slot["w"], ()):
+            counts = slot["fc"].get(cap.key, [0, 0]) if cap.filtered else [slot["c"], slot["r"]]
+            used = counts[0] if cap.metric == "calls" else counts[1]
+            caps_out.append(
+                {
+                    "cap": cap.key,
+                    "metric": cap.metric,
+                    "limit": cap.limit,
+                    "used": used,
+                    "utilization": round(used / cap.limit, 6),
+                }
+            )
+        rid = stable_id("window", slot["st"], slot["sub"], slot["w"], slot["ws"], rev)
+        value: dict[str, Any] = {
+            "id": rid,
+            "subject_type": slot["st"],
+            "subject": slot["sub"],
+            "org_id": slot["org"],
+            "window": window_json(slot["w"], slot["ws"], slot["we"]),
+            "revision": rev,
+            "calls": slot["c"],
+            "records": slot["r"],
+            "endpoints": {ep: {"calls": c, "records": r} for ep, (c, r) in slot["ep"].items()},
+            "caps": caps_out,
+            "late_events": slot["late"],
+            "base": slot.get("base", "complete"),
+            "emitted_at": format_ms(now_ms),
+        }
+        return Outbound(WINDOWS, rid, f"{slot['st']}:{slot['sub']}", value, now_ms)

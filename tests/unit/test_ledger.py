@@ -1,0 +1,357 @@
+"""The partition ledger: exact counts, idempotent replay, alerts, close, late amendments, expiry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from meter.core.events import ApiCall
+from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
+from meter.core.outputs import ALERTS, WINDOWS, Outbound
+from meter.core.policy import Policy, load_policy
+
+T0 = 1_640_995_200_000  # 2022-01-01T00:00:00Z
+MIN = 60_000
+NOW = 1_700_000_000_000
+
+POLICY: dict[str, Any] = {
+    "tiers": {
+        "std": {
+            "caps": [
+                {"id": "calls-15m", "metric": "calls", "window": "15m", "limit": 10},
+            ]
+        }
+    },
+    "orgs": {
+        "acme": {
+            "name": "Acme",
+            "caps": [
+                {
+                    "id": "records-1h",
+                    "metric": "records",
+                    "window": "1h",
+                    "limit": 100,
+                    "status": ["2xx"],
+                }
+            ],
+        },
+        "gov-ok": {"name": "Notified", "government_notice": "2021-01-01"},
+    },
+    "apps": {
+        "a1": {"org": "acme", "tier": "std"},
+        "a2": {"org": "acme", "tier": "std"},
+        "g1": {"org": "gov-ok", "tier": "std"},
+    },
+    "restricted_uses": [{"recipient": "government", "requires": "notice"}],
+}
+
+
+class JsonStore:
+    """A dict store that serialises like the real one, so no object is shared with the ledger."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.puts = 0
+        self.fail_after: int | None = None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw = self.data.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        if self.fail_after is not None and self.puts >= self.fail_after:
+            raise RuntimeError("crash")
+        self.puts += 1
+        self.data[key] = json.dumps(value)
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(k, json.loads(v)) for k, v in self.data.items()]
+
+
+def ev(i: str, minute: float, app: str = "a1", records: int = 0, **kw: Any) -> ApiCall:
+    return ApiCall(id=i, time_ms=T0 + int(minute * MIN), app_id=app, records=records, **kw)
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return load_policy(POLICY)
+
+
+def new_ledger(policy: Policy, store: JsonStore, **settings: int) -> PartitionLedger:
+    s = LedgerSettings(grace_ms=settings.pop("grace_ms", MIN), **settings)
+    return PartitionLedger(0, policy, s, store)
+
+
+def slot(store: JsonStore, stype: str, subject: str, window: str, start_min: int) -> dict[str, Any]:
+    value = store.get(f"s|{stype}|{subject}|{window}|{T0 + start_min * MIN}")
+    assert value is not None
+    return value
+
+
+def alerts_of(pending: list[Pending]) -> list[dict[str, Any]]:
+    return [p.record.value for p in pending if p.record.kind == ALERTS]
+
+
+def windows_of(pending: list[Pending]) -> list[dict[str, Any]]:
+    return [p.record.value for p in pending if p.record.kind == WINDOWS]
+
+
+def test_counts_per_app_and_org_in_every_window(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    ledger.apply(0, [ev("e1", 1, records=5, endpoint="/search"), ev("e2", 2, "a2", records=7)], NOW)
+    ledger.apply(1, [ev("e3", 16, records=1, endpoint="/search")], NOW)
+
+    assert [w.name for w in policy.windows] == ["15m", "1h"]
+    assert (slot(store, "app", "a1", "15m", 0)["c"], slot(store, "app", "a1", "15m", 0)["r"]) == (
+        1,
+        5,
+    )
+    assert (slot(store, "app", "a1", "15m", 15)["c"], slot(store, "app", "a1", "15m", 15)["r"]) == (
+        1,
+        1,
+    )
+    assert slot(store, "app", "a2", "15m", 0)["c"] == 1
+    org_hour = slot(store, "org", "acme", "1h", 0)
+    assert (org_hour["c"], org_hour["r"]) == (3, 13)
+    assert org_hour["ep"] == {"/search": [2, 6], "(none)": [1, 7]}
+    assert slot(store, "app", "a1", "1h", 0)["c"] == 2
+
+
+def test_replaying_a_record_changes_nothing(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    batch = [ev(f"e{i}", 1, records=10) for i in range(9)]
+    first = ledger.apply(5, batch, NOW)
+    snapshot = dict(store.data)
+    again = ledger.apply(5, batch, NOW)
+    assert store.data == snapshot
+    assert again.outbox == []
+    assert again.stats.events == 9  # ids recognised as this very record, not as duplicates
+    assert again.stats.duplicates == 0
+    assert {(a["cap"], a["threshold"]) for a in alerts_of(first.outbox)} == {
+        ("tier:std:calls-15m", 0.8),  # 9 calls >= 80% of 10
+        ("org:acme:records-1h", 0.8),  # 90 records >= 80% of 100
+    }
+
+
+@pytest.mark.parametrize("crash_after", range(1, 12))
+def test_crash_part_way_through_a_record_then_replay_is_exact(
+    policy: Policy, crash_after: int
+) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    ledger.apply(0, [ev("warm", 0, records=1)], NOW)
+    batch = [ev(f"e{i}", 1, records=10) for i in range(9)] + [ev("x", 2, "a2", records=3)]
+    store.fail_after = store.puts + crash_after
+    with pytest.raises(RuntimeError):
+        ledger.apply(1, batch, NOW)
+    store.fail_after = None
+    # A new process: indexes rebuilt from the store, the record replayed from the source.
+    recovered = new_ledger(policy, store)
+    pending = recovered.bootstrap(store.items())
+    applied = recovered.apply(1, batch, NOW)
+    assert slot(store, "app", "a1", "15m", 0)["c"] == 10
+    assert slot(store, "app", "a1", "15m", 0)["r"] == 91
+    assert slot(store, "org", "acme", "1h", 0)["r"] == 94
+    assert slot(store, "app", "a2", "15m", 0)["c"] == 1
+    fired = {a["id"] for a in alerts_of(pending + applied.outbox)}
+    stored = {o["id"] for _, v in store.items() for o in v.get("ob", [])}
+    # Every alert crossed so far is either pending from before the crash or new now, never both.
+    assert len(alerts_of(pending)) + len(alerts_of(applied.outbox)) == len(fired)
+    assert fired == stored
+    assert {(a["cap"], a["threshold"]) for a in alerts_of(pending + applied.outbox)} == {
+        ("tier:std:calls-15m", 0.8),
+        ("tier:std:calls-15m", 1.0),
+        ("org:acme:records-1h", 0.8),
+    }
+
+
+def test_repeated_ids_are_counted_once(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    r1 = ledger.apply(0, [ev("same", 1, records=4), ev("same", 1, records=4)], NOW)
+    r2 = ledger.apply(1, [ev("same", 1, records=4), ev("other", 1, records=1)], NOW)
+    assert (r1.stats.events, r1.stats.duplicates) == (1, 1)
+    assert (r2.stats.events, r2.stats.duplicates) == (1, 1)
+    assert slot(store, "app", "a1", "15m", 0)["c"] == 2
+    assert slot(store, "app", "a1", "15m", 0)["r"] == 5
+    # the same id from another app is another call
+    ledger.apply(2, [ev("same", 1, "a2")], NOW)
+    assert slot(store, "app", "a2", "15m", 0)["c"] == 1
+
+
+def test_alert_fires_on_the_crossing_event_once_and_rearms_next_window(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    out = ledger.apply(0, [ev(f"e{i}", 1 + i * 0.1) for i in range(12)], NOW).outbox
+    alerts = alerts_of(out)
+    assert [(a["threshold"], a["severity"], a["used"], a["event_id"]) for a in alerts] == [
+        (0.8, "warning", 8, "e7"),
+        (1.0, "critical", 10, "e9"),
+    ]
+    a = alerts[0]
+    assert a["kind"] == "cap"
+    assert a["subject_type"] == "app"
+    assert a["subject"] == "a1"
+    assert a["org_id"] == "acme"
+    assert a["cap"] == "tier:std:calls-15m"
+    assert a["window"] == {
+        "size": "15m",
+        "start": "2022-01-01T00:00:00Z",
+        "end": "2022-01-01T00:15:00Z",
+    }
+    assert a["limit"] == 10
+    assert a["crossed_at"] == "2022-01-01T00:01:42Z"
+    assert a["late"] is False
+    assert alerts_of(ledger.apply(1, [ev("more", 3)], NOW).outbox) == []
+    nxt = alerts_of(ledger.apply(2, [ev(f"n{i}", 16) for i in range(8)], NOW).outbox)
+    assert [(x["threshold"], x["window"]["start"]) for x in nxt] == [(0.8, "2022-01-01T00:15:00Z")]
+    assert nxt[0]["id"] != alerts[0]["id"]
+
+
+def test_filtered_cap_counts_only_matching_events(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    out = ledger.apply(
+        0,
+        [ev("ok", 1, records=70), ev("err", 2, records=500, status=500), ev("ok2", 3, records=10)],
+        NOW,
+    ).outbox
+    org = slot(store, "org", "acme", "1h", 0)
+    assert org["r"] == 580
+    assert org["fc"] == {"org:acme:records-1h": [2, 80]}
+    assert [(a["cap"], a["used"]) for a in alerts_of(out)] == [("org:acme:records-1h", 80)]
+
+
+def test_window_closes_once_watermark_passes_end_plus_grace(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    ledger.apply(0, [ev("a", 1, records=3, endpoint="/x"), ev("b", 14, "a2")], NOW)
+    assert windows_of(ledger.apply(1, [ev("c", 15.9)], NOW).outbox) == []  # 15:54 < 15:00 + 1m
+    closed = windows_of(ledger.apply(2, [ev("d", 16)], NOW).outbox)
+    assert sorted((w["subject"], w["window"]["size"]) for w in closed) == [
+        ("a1", "15m"),
+        ("a2", "15m"),
+        ("acme", "15m"),  # organisations are counted in every window a cap uses, too
+    ]
+    a1 = next(w for w in closed if w["subject"] == "a1")
+    assert a1["revision"] == 0
+    assert (a1["calls"], a1["records"]) == (1, 3)
+    assert a1["endpoints"] == {"/x": {"calls": 1, "records": 3}}
+    assert a1["caps"] == [
+        {"cap": "tier:std:calls-15m", "metric": "calls", "limit": 10, "used": 1, "utilization": 0.1}
+    ]
+    assert a1["base"] == "complete"
+    assert slot(store, "app", "a1", "15m", 0)["rev"] == 0
+
+
+def test_late_event_amends_the_closed_window_with_a_new_revision(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    ledger.apply(0, [ev(f"e{i}", 1) for i in range(7)], NOW)
+    ledger.apply(1, [ev("push", 20)], NOW)  # closes 00:00-00:15
+    late = ledger.apply(2, [ev("late", 5, records=2)], NOW)
+    assert late.stats.late == 1
+    amend = [w for w in windows_of(late.outbox) if w["window"]["size"] == "15m"]
+    assert [
+        (w["subject"], w["revision"], w["calls"], w["records"], w["late_events"]) for w in amend
+    ] == [
+        ("a1", 1, 8, 2, 1),
+        ("acme", 1, 8, 2, 1),
+    ]
+    alert = alerts_of(late.outbox)
+    assert [(a["threshold"], a["late"], a["used"]) for a in alert] == [(0.8, True, 8)]
+    again = ledger.apply(3, [ev("late2", 6)], NOW)
+    assert [
+        (w["subject"], w["revision"])
+        for w in windows_of(again.outbox)
+        if w["window"]["size"] == "15m"
+    ] == [
+        ("a1", 2),
+        ("acme", 2),
+    ]
+
+
+def test_a_late_first_event_for_a_window_is_revision_one(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    ledger.apply(0, [ev("now", 100)], NOW)
+    out = windows_of(ledger.apply(1, [ev("old", 1, "a2")], NOW).outbox)
+    assert sorted((w["subject"], w["window"]["size"], w["revision"], w["calls"]) for w in out) == [
+        ("a2", "15m", 1, 1),
+        ("a2", "1h", 1, 1),
+        ("acme", "15m", 1, 1),
+        ("acme", "1h", 1, 1),
+    ]
+
+
+def test_closed_windows_and_old_ids_are_removed_after_their_horizons(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store, late_horizon_ms=30 * MIN, dedup_horizon_ms=10 * MIN)
+    ledger.apply(0, [ev("a", 1)], NOW)
+    ledger.apply(1, [ev("b", 200)], NOW)  # closes everything from minute 1
+    ledger.acknowledge([Pending(k, r) for k, r in _outbox(store)])
+    assert any(k.startswith("s|") and f"|{T0}" in k for k in store.data)  # kept until sent
+    ledger.apply(2, [ev("c", 202)], NOW)
+    keys = set(store.data)
+    assert not any(k.startswith("s|") and f"|{T0}" in k for k in keys)  # first windows expired
+    assert "d|a1|a" not in keys  # id older than the dedup horizon
+    assert "d|a1|b" in keys
+    assert any(k.startswith("s|app|a1|15m|") for k in keys)  # the current window stays
+
+
+def _outbox(store: JsonStore) -> list[tuple[str, Any]]:
+    return [(k, Outbound.from_json(o)) for k, v in store.items() for o in v.get("ob", [])]
+
+
+def test_unsent_outbox_survives_and_is_returned_by_bootstrap(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    out = ledger.apply(0, [ev(f"e{i}", 1) for i in range(8)], NOW).outbox
+    assert len(out) == 1
+    recovered = new_ledger(policy, store).bootstrap(store.items())
+    assert [p.record.id for p in recovered] == [out[0].record.id]
+    ledger.acknowledge(out)
+    assert new_ledger(policy, store).bootstrap(store.items()) == []
+
+
+def test_unknown_app_is_counted_and_alerted_once_per_day(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    r1 = ledger.apply(0, [ev("u1", 1, "ghost", org_id="shadow"), ev("u2", 2, "ghost")], NOW)
+    r2 = ledger.apply(1, [ev("u3", 3, "ghost")], NOW)
+    r3 = ledger.apply(2, [ev("u4", 60 * 24 + 1, "ghost")], NOW)
+    kinds = [
+        (a["kind"], a["subject"], a["window"]["start"])
+        for a in alerts_of(r1.outbox + r2.outbox + r3.outbox)
+    ]
+    assert kinds == [
+        ("unknown_app", "ghost", "2022-01-01T00:00:00Z"),
+        ("unknown_app", "ghost", "2022-01-02T00:00:00Z"),
+    ]
+    assert r1.stats.unknown_app == 2
+    assert slot(store, "app", "ghost", "15m", 0)["c"] == 3
+    assert slot(store, "org", "shadow", "1h", 0)["c"] == 1  # claimed org of an unknown app
+
+
+def test_government_recipient_needs_a_recorded_notice(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    out = ledger.apply(
+        0,
+        [
+            ev("g1", 1, "a1", recipient="government"),
+            ev("g2", 2, "a1", recipient="Government"),
+            ev("g3", 3, "g1", recipient="government"),
+            ev("n1", 4, "a2", recipient="press"),
+        ],
+        NOW,
+    ).outbox
+    got = [(a["kind"], a["subject"], a["app_id"], a["severity"]) for a in alerts_of(out)]
+    assert got == [("restricted_use", "acme", "a1", "critical")]
