@@ -18,7 +18,7 @@ T = TypeVar("T")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pick(
+def setting(
     flags: Mapping[str, object | None],
     env: Mapping[str, str],
     name: str,
@@ -76,12 +76,12 @@ class BrokerSettings:
 
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> BrokerSettings:
-        home = _pick(
+        home = setting(
             flags, env, "kafka_home", "METER_KAFKA_HOME", _REPO_ROOT / "deploy/kafka", Path
         )
         state = default_state_dir(env) / "kafka"
-        port = _pick(flags, env, "port", "METER_KAFKA_PORT", 9092, port_number)
-        cport = _pick(
+        port = setting(flags, env, "port", "METER_KAFKA_PORT", 9092, port_number)
+        cport = setting(
             flags, env, "controller_port", "METER_KAFKA_CONTROLLER_PORT", port + 1, port_number
         )
         if cport == port:
@@ -101,7 +101,7 @@ class KafkaSettings:
 
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> KafkaSettings:
-        bootstrap = _pick(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty)
+        bootstrap = setting(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty)
         return cls(bootstrap=bootstrap)
 
 
@@ -156,38 +156,40 @@ class WorkerSettings:
 
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> WorkerSettings:
-        policy = _pick(flags, env, "policy", "METER_POLICY", None, non_empty)
+        policy = setting(flags, env, "policy", "METER_POLICY", None, non_empty)
         if policy is None:
             raise ConfigError("--policy / METER_POLICY", "a policy file is required")
-        input_topic = _pick(flags, env, "input_topic", "METER_INPUT_TOPIC", "api-calls", non_empty)
-        group = _pick(flags, env, "group", "METER_GROUP", "meter", non_empty)
-        web_port = _pick(flags, env, "web_port", "METER_WEB_PORT", 6066, port_number)
+        input_topic = setting(
+            flags, env, "input_topic", "METER_INPUT_TOPIC", "api-calls", non_empty
+        )
+        group = setting(flags, env, "group", "METER_GROUP", "meter", non_empty)
+        web_port = setting(flags, env, "web_port", "METER_WEB_PORT", 6066, port_number)
         default_data = default_state_dir(env) / "worker" / f"{group}-{web_port}"
         return cls(
             policy=Path(policy),
-            bootstrap=_pick(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty),
+            bootstrap=setting(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty),
             input_topic=input_topic,
-            dlq_topic=_pick(
+            dlq_topic=setting(
                 flags, env, "dlq_topic", "METER_DLQ_TOPIC", f"{input_topic}.dlq", non_empty
             ),
-            alerts_topic=_pick(
+            alerts_topic=setting(
                 flags, env, "alerts_topic", "METER_ALERTS_TOPIC", "usage-alerts", non_empty
             ),
-            windows_topic=_pick(
+            windows_topic=setting(
                 flags, env, "windows_topic", "METER_WINDOWS_TOPIC", "usage-windows", non_empty
             ),
             group=group,
-            partitions=_pick(flags, env, "partitions", "METER_PARTITIONS", 4, positive_int),
-            grace_ms=_pick(flags, env, "grace", "METER_GRACE", 60_000, duration_ms),
-            dedup_horizon_ms=_pick(
+            partitions=setting(flags, env, "partitions", "METER_PARTITIONS", 4, positive_int),
+            grace_ms=setting(flags, env, "grace", "METER_GRACE", 60_000, duration_ms),
+            dedup_horizon_ms=setting(
                 flags, env, "dedup_horizon", "METER_DEDUP_HORIZON", 3_600_000, duration_ms
             ),
-            late_horizon_ms=_pick(
+            late_horizon_ms=setting(
                 flags, env, "late_horizon", "METER_LATE_HORIZON", 86_400_000, duration_ms
             ),
-            store=_pick(flags, env, "store", "METER_STORE", "rocksdb", store_url),
-            data_dir=_pick(flags, env, "data_dir", "METER_DATA_DIR", default_data, Path),
-            web_host=_pick(flags, env, "web_host", "METER_WEB_HOST", "127.0.0.1", non_empty),
+            store=setting(flags, env, "store", "METER_STORE", "rocksdb", store_url),
+            data_dir=setting(flags, env, "data_dir", "METER_DATA_DIR", default_data, Path),
+            web_host=setting(flags, env, "web_host", "METER_WEB_HOST", "127.0.0.1", non_empty),
             web_port=web_port,
-            tick_ms=_pick(flags, env, "tick", "METER_TICK", 5_000, duration_ms),
+            tick_ms=setting(flags, env, "tick", "METER_TICK", 5_000, duration_ms),
         )
