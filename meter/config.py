@@ -144,6 +144,7 @@ class WorkerSettings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     tick_ms: int = 5_000
+    metrics_max_apps: int = 100
 
     @property
     def routed_topic(self) -> str:
@@ -192,4 +193,7 @@ class WorkerSettings:
             web_host=setting(flags, env, "web_host", "METER_WEB_HOST", "127.0.0.1", non_empty),
             web_port=web_port,
             tick_ms=setting(flags, env, "tick", "METER_TICK", 5_000, duration_ms),
+            metrics_max_apps=setting(
+                flags, env, "metrics_max_apps", "METER_METRICS_MAX_APPS", 100, positive_int
+            ),
         )

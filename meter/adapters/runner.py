@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import faust
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.topics import TopicSpec, ensure_topics, partition_counts
@@ -54,7 +54,8 @@ def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
 def run_worker(settings: WorkerSettings, policy: Policy, bootstrap: str, *, verbose: bool) -> int:
     counts = prepare_topics(settings, bootstrap)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    telemetry = Telemetry(CollectorRegistry(), policy)
+    disable_created_metrics()  # `_created` series double the scrape size and nobody graphs them
+    telemetry = Telemetry(CollectorRegistry(), policy, settings.metrics_max_apps)
     worker = MeterWorker(settings, policy, bootstrap, telemetry)
     worker.out_partitions.update(counts)
     log.info(

@@ -7,14 +7,16 @@ named in the policy get their own series; everything else is folded into "other"
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from meter.core.events import Rejection
-from meter.core.ledger import Pending, Stats
+from meter.core.ledger import CapUsage, Pending, Stats
 from meter.core.outputs import ALERTS
 from meter.core.policy import Policy
 
@@ -27,9 +29,10 @@ OTHER = "other"
 class Telemetry:
     """The worker's counters and gauges; `install` adds the `/metrics` page to the faust app."""
 
-    def __init__(self, registry: CollectorRegistry, policy: Policy) -> None:
+    def __init__(self, registry: CollectorRegistry, policy: Policy, max_apps: int = 100) -> None:
         self.registry = registry
         self.orgs = frozenset(policy.orgs)
+        self.max_apps = max_apps
         r = registry
         self.events = Counter("meter_events", "Events counted (after deduplication)", registry=r)
         self.calls = Counter(
@@ -86,18 +89,6 @@ class Telemetry:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
             registry=r,
         )
-        self.watermark = Gauge(
-            "meter_watermark_seconds",
-            "Event-time watermark per partition (epoch s)",
-            ["partition"],
-            registry=r,
-        )
-        self.event_lag = Gauge(
-            "meter_event_time_lag_seconds",
-            "Wall clock minus the event-time watermark, per partition",
-            ["partition"],
-            registry=r,
-        )
 
     def _org(self, org: str) -> str:
         return org if org in self.orgs else OTHER
@@ -123,12 +114,6 @@ class Telemetry:
         for org, recs in stats.records_by_org.items():
             self.records.labels(self._org(org)).inc(recs)
 
-    def watermarks(self, ledgers: Iterable[tuple[int, int | None]], now: float) -> None:
-        for partition, wm in ledgers:
-            if wm is not None:
-                self.watermark.labels(str(partition)).set(wm / 1000)
-                self.event_lag.labels(str(partition)).set(now - wm / 1000)
-
     def published(self, sent: Iterable[Pending]) -> None:
         for p in sent:
             v = p.record.value
@@ -141,10 +126,138 @@ class Telemetry:
         from aiohttp import web  # noqa: PLC0415 - only with the faust web server
 
         registry = self.registry
+        registry.register(WorkerCollector(worker, self.max_apps))
 
         @app.page("/metrics")  # type: ignore[untyped-decorator]
         async def metrics(web_view: Any, request: Any) -> Any:
-            self.watermarks(((p, lg.watermark_ms) for p, lg in worker.ledgers.items()), time.time())
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
+
+
+class WorkerCollector(Collector):
+    """Gauges computed at scrape time from the worker's live state: a window that closed or a
+    partition that moved away simply stops being reported."""
+
+    def __init__(self, worker: MeterWorker, max_apps: int) -> None:
+        self.worker = worker
+        self.max_apps = max_apps
+
+    def collect(self) -> Iterator[Metric]:
+        worker = self.worker
+        policy = worker.policy
+        labels = ["subject_type", "subject", "cap", "metric", "window"]
+        used = GaugeMetricFamily(
+            "meter_cap_usage", "Usage of a cap in the current window", labels=labels
+        )
+        limit = GaugeMetricFamily("meter_cap_limit", "Limit of a cap", labels=labels)
+        ratio = GaugeMetricFamily(
+            "meter_cap_utilization_ratio",
+            "Usage over limit in the current window (0-1+)",
+            labels=labels,
+        )
+        apps: list[CapUsage] = []
+        other: dict[tuple[str, str, str], list[float]] = {}
+        for ledger in list(worker.ledgers.values()):
+            for u in list(ledger.usage.values()):
+                known = (
+                    policy.known_app(u.subject)
+                    if u.subject_type == "app"
+                    else u.subject in policy.orgs
+                )
+                if u.subject_type == "app" and known:
+                    apps.append(u)
+                elif known:
+                    _add(used, limit, ratio, u, u.subject)
+                else:
+                    _fold(other, u)
+        # The apps closest to their caps keep their own series; the rest fold into "other".
+        worst: dict[str, float] = {}
+        for u in apps:
+            worst[u.subject] = max(worst.get(u.subject, 0.0), u.used / u.limit)
+        shown = set(sorted(worst, key=lambda app: (-worst[app], app))[: self.max_apps])
+        for u in apps:
+            if u.subject in shown:
+                _add(used, limit, ratio, u, u.subject)
+            else:
+                _fold(other, u)
+        for (stype, cap, window), (u_sum, l_sum, top, metric_is_calls) in other.items():
+            lab = [stype, OTHER, cap, "calls" if metric_is_calls else "records", window]
+            used.add_metric(lab, u_sum)
+            limit.add_metric(lab, l_sum)
+            ratio.add_metric(lab, top)
+        yield used
+        yield limit
+        yield ratio
+
+        wm = GaugeMetricFamily(
+            "meter_watermark_seconds", "Event-time watermark (epoch s)", labels=["partition"]
+        )
+        lag = GaugeMetricFamily(
+            "meter_event_time_lag_seconds",
+            "Wall clock minus the event-time watermark",
+            labels=["partition"],
+        )
+        keys = GaugeMetricFamily(
+            "meter_state_keys", "Indexed state keys", labels=["partition", "kind"]
+        )
+        unsent = GaugeMetricFamily(
+            "meter_outbox_pending_records", "Outputs awaiting publication", labels=["partition"]
+        )
+        now = worker.clock()
+        for p, ledger in sorted(worker.ledgers.items()):
+            if ledger.watermark_ms is not None:
+                wm.add_metric([str(p)], ledger.watermark_ms / 1000)
+                lag.add_metric([str(p)], now - ledger.watermark_ms / 1000)
+            for kind, n in ledger.state_sizes().items():
+                keys.add_metric([str(p), kind], n)
+            unsent.add_metric([str(p)], len(worker.unsent.get(p, ())))
+        yield wm
+        yield lag
+        yield keys
+        yield unsent
+        yield self._consumer_lag()
+
+    def _consumer_lag(self) -> GaugeMetricFamily:
+        lag = GaugeMetricFamily(
+            "meter_consumer_lag_records",
+            "Records not yet read per assigned partition (high watermark minus read offset)",
+            labels=["topic", "partition"],
+        )
+        consumer = getattr(self.worker.app, "_consumer", None)
+        if consumer is None:
+            return lag
+        try:
+            for tp in sorted(consumer.assignment()):
+                high = consumer.highwater(tp)
+                read = consumer._read_offset.get(tp)
+                if high is None:
+                    continue
+                lag.add_metric(
+                    [tp.topic, str(tp.partition)],
+                    max(0, high - (read + 1 if read is not None else 0)),
+                )
+        except (AttributeError, KeyError, TypeError):  # faust internals: best effort
+            pass
+        return lag
+
+
+def _add(
+    used: GaugeMetricFamily,
+    limit: GaugeMetricFamily,
+    ratio: GaugeMetricFamily,
+    u: CapUsage,
+    subject: str,
+) -> None:
+    lab = [u.subject_type, subject, u.cap, u.metric, u.window]
+    used.add_metric(lab, u.used)
+    limit.add_metric(lab, u.limit)
+    ratio.add_metric(lab, u.used / u.limit)
+
+
+def _fold(other: dict[tuple[str, str, str], list[float]], u: CapUsage) -> None:
+    """Subjects without a series of their own: summed usage and limit, worst utilization."""
+    acc = other.setdefault((u.subject_type, u.cap, u.window), [0, 0, 0.0, u.metric == "calls"])
+    acc[0] += u.used
+    acc[1] += u.limit
+    acc[2] = max(acc[2], u.used / u.limit)

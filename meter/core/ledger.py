@@ -71,6 +71,21 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class CapUsage:
+    """How much of a cap a subject has used in one open window."""
+
+    subject_type: str
+    subject: str
+    cap: str
+    metric: str
+    window: str
+    start_ms: int
+    end_ms: int
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Pending:
     """An outbound record held in the outbox of state key `key`."""
 
@@ -109,6 +124,8 @@ class PartitionLedger:
         self._dedup: dict[int, list[str]] = {}
         self._caps: dict[tuple[str, str], dict[str, _CapLevels]] = {}
         self._pending_markers: list[Pending] = []
+        self.usage: dict[tuple[str, str, str], CapUsage] = {}
+        """Each cap's usage in the newest open window of its subject, for gauges."""
 
     # -- recovery ------------------------------------------------------------------------------
     def bootstrap(self, items: Iterable[tuple[str, Json]]) -> list[Pending]:
@@ -127,6 +144,7 @@ class PartitionLedger:
             elif kind == "s":
                 if value["rev"] < 0:
                     heapq.heappush(self._heap, (value["we"] + grace, "close", key))
+                    self._track_usage(value)
                 else:
                     heapq.heappush(self._heap, (value["we"] + grace + late, "expire", key))
             elif kind == "m":
@@ -182,6 +200,8 @@ class PartitionLedger:
                 new.append(amendment)
             slot["off"] = offset
             self.store.put(key, slot)
+            if slot["rev"] < 0:
+                self._track_usage(slot)
             outbox.extend(Pending(key, Outbound.from_json(o)) for o in new)
         stats.replayed = len(skipped)
         if events:
@@ -436,6 +456,7 @@ class PartitionLedger:
                     continue
                 value["rev"] = 0
                 value["off"] = max(value["off"], offset)
+                self._forget_usage(value)
                 record = self._window_record(value, now_ms)
                 value["ob"].append(record.to_json())
                 self.store.put(key, value)
@@ -452,6 +473,40 @@ class PartitionLedger:
             for key in self._dedup.pop(bucket):
                 self.store.delete(key)
         return out
+
+    def _track_usage(self, slot: Json) -> None:
+        for cap, _ in self._caps_for(slot["st"], slot["sub"]).get(slot["w"], ()):
+            ukey = (slot["st"], slot["sub"], cap.key)
+            known = self.usage.get(ukey)
+            if known is not None and known.start_ms > slot["ws"]:
+                continue
+            counts = slot["fc"].get(cap.key, (0, 0)) if cap.filtered else (slot["c"], slot["r"])
+            used = counts[0] if cap.metric == "calls" else counts[1]
+            self.usage[ukey] = CapUsage(
+                slot["st"],
+                slot["sub"],
+                cap.key,
+                cap.metric,
+                slot["w"],
+                slot["ws"],
+                slot["we"],
+                used,
+                cap.limit,
+            )
+
+    def _forget_usage(self, slot: Json) -> None:
+        for cap, _ in self._caps_for(slot["st"], slot["sub"]).get(slot["w"], ()):
+            ukey = (slot["st"], slot["sub"], cap.key)
+            known = self.usage.get(ukey)
+            if known is not None and known.start_ms == slot["ws"]:
+                del self.usage[ukey]
+
+    def state_sizes(self) -> dict[str, int]:
+        """Indexed state keys by kind: window slots and markers awaiting close or expiry, ids."""
+        return {
+            "windows": len(self._heap),
+            "ids": sum(len(b) for b in self._dedup.values()),
+        }
 
     def _remember_id(self, key: str, time_ms: int) -> None:
         self._dedup.setdefault(time_ms // _DEDUP_BUCKET_MS, []).append(key)

@@ -355,3 +355,24 @@ def test_government_recipient_needs_a_recorded_notice(policy: Policy) -> None:
     ).outbox
     got = [(a["kind"], a["subject"], a["app_id"], a["severity"]) for a in alerts_of(out)]
     assert got == [("restricted_use", "acme", "a1", "critical")]
+
+
+def test_current_cap_usage_follows_the_newest_open_window(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    ledger.apply(0, [ev("a", 1), ev("b", 2), ev("c", 3, records=50)], NOW)
+    u = ledger.usage[("app", "a1", "tier:std:calls-15m")]
+    assert (u.used, u.limit, u.window, u.start_ms) == (3, 10, "15m", T0)
+    org = ledger.usage[("org", "acme", "org:acme:records-1h")]
+    assert (org.used, org.metric) == (50, "records")
+    ledger.apply(1, [ev("d", 16)], NOW)  # a new window; the old one closes at 16:00
+    u = ledger.usage[("app", "a1", "tier:std:calls-15m")]
+    assert (u.used, u.start_ms) == (1, T0 + 15 * MIN)
+    ledger.apply(2, [ev("e", 5)], NOW)  # late: amends the closed window, not the gauge
+    assert ledger.usage[("app", "a1", "tier:std:calls-15m")].used == 1
+    ledger.apply(3, [ev("f", 90)], NOW)  # closes everything ending by 1:29
+    assert ("app", "a1", "tier:std:calls-15m") in ledger.usage  # the 1:30 window is open
+    assert ledger.usage[("app", "a1", "tier:std:calls-15m")].start_ms == T0 + 90 * MIN
+    recovered = new_ledger(policy, store)
+    recovered.bootstrap(store.items())
+    assert recovered.usage == ledger.usage
