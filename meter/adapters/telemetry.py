@@ -6,7 +6,6 @@ named in the policy get their own series; everything else is folded into "other"
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +96,8 @@ class Telemetry:
         for rej in rejections:
             self.dead.labels(rej.reason).inc()
 
-    def applied(self, partition: int, stats: Stats, n: int, started: float, msg: Any) -> None:
-        self.processing.observe(time.perf_counter() - started)
+    def applied(self, stats: Stats, n: int, seconds: float) -> None:
+        self.processing.observe(seconds)
         self.batch.observe(n)
         self.events.inc(stats.events)
         if stats.duplicates:

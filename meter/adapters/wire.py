@@ -1,7 +1,6 @@
 """Wire formats between the worker's two stages, and of the dead-letter topic.
 
-Routed records carry the already validated events of one source record for one organisation,
-as compact JSON arrays, with the source coordinates for tracing.
+Routed records carry already validated events of one organisation, as compact JSON arrays.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ TICK = b'{"tick":1}'
 MAX_DLQ_REASONS = 100
 
 
-def encode_routed(events: Sequence[ApiCall], topic: str, partition: int, offset: int) -> bytes:
+def encode_routed(events: Sequence[ApiCall]) -> bytes:
     rows = [
         [
             e.id,
@@ -30,7 +29,7 @@ def encode_routed(events: Sequence[ApiCall], topic: str, partition: int, offset:
         ]
         for e in events
     ]
-    return json.dumps({"e": rows, "s": [topic, partition, offset]}, separators=(",", ":")).encode()
+    return json.dumps({"e": rows}, separators=(",", ":")).encode()
 
 
 def decode_routed(value: bytes) -> list[ApiCall] | None:

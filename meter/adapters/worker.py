@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 import faust
-from faust.types import TP, StreamT
+from faust.types import TP
 
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import TICK, decode_routed, dlq_headers, encode_routed
 from meter.config import WorkerSettings
-from meter.core.events import ApiCall, decode_record
+from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
 from meter.core.outputs import ALERTS, Json
 from meter.core.policy import Policy
@@ -53,6 +54,22 @@ class TableStore:
         for key, raw in self.table.items():
             if raw is not None:
                 yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(raw)
+
+
+ROUTE_BATCH = 2000
+COUNT_BATCH = 2000
+MAX_ROUTED_EVENTS = 5000
+BATCH_WAIT_S = 0.02
+EXIT_PIPELINE_FAILURE = 70
+
+
+def _die(stage: str, exc: BaseException) -> NoReturn:
+    """faust would restart a crashed agent past the failing batch, and acks it on the way out:
+    counts lost. Bad input never raises (it is dead-lettered), so this is a bug or an outage:
+    exit at once, without committing; a restart resumes from the last committed offsets."""
+    log.critical("stopping the worker: %s failed: %r", stage, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_PIPELINE_FAILURE)
 
 
 def header_pairs(headers: Any) -> list[tuple[str, bytes]]:
@@ -133,34 +150,12 @@ class MeterWorker:
             value_type=bytes,
         )
         self.store = TableStore(self.table)
-        app.agent(self.source, name="route")(self._fatal_on_error(self._route))
-        app.agent(self.routed, name="count")(self._fatal_on_error(self._count))
+        app.agent(self.source, name="route")(self._route)
+        app.agent(self.routed, name="count")(self._count)
         app.timer(s.tick_ms / 1000)(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.telemetry.install(app, self)
         return app
-
-    def _fatal_on_error(
-        self, agent: Callable[[StreamT[Any]], Awaitable[None]]
-    ) -> Callable[[StreamT[Any]], Awaitable[None]]:
-        """faust restarts a crashed agent past the failing event; for a meter that loses counts.
-        Bad input never raises (it is dead-lettered), so an exception here is a bug or an outage:
-        stop the worker, which resumes from the last committed offsets when restarted."""
-
-        async def guarded(stream: StreamT[Any]) -> None:
-            try:
-                await agent(stream)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.critical(
-                    "stopping the worker: %s failed: %r", agent.__name__, exc, exc_info=True
-                )
-                await self.app.crash(exc)
-                raise
-
-        guarded.__name__ = agent.__name__
-        return guarded
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         # State of a revoked partition may change elsewhere: rebuild from the table when it returns.
@@ -170,55 +165,78 @@ class MeterWorker:
                 self.unsent.pop(tp.partition, None)
 
     # -- stage 1: decode, dead-letter, re-key --------------------------------------------------
-    async def _route(self, stream: StreamT[Any]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            decoded = decode_record(msg.value, header_pairs(msg.headers))
-            if decoded.rejections:
-                first = decoded.rejections[0]
-                log.warning(
-                    "dead-lettered %d part(s) of %s[%d]@%d: %s (%s)",
-                    len(decoded.rejections),
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                    first.reason,
-                    first.detail,
-                )
-                self.telemetry.rejected(decoded.rejections)
-                await self.dlq.send(
-                    key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(),
-                    value=msg.value,
-                    headers=dlq_headers(decoded.rejections, msg.topic, msg.partition, msg.offset),
-                )
-            if not decoded.events:
-                continue
-            by_key: dict[str, list[ApiCall]] = {}
-            for ev in decoded.events:
-                by_key.setdefault(routing_key(self.policy, ev), []).append(ev)
-            for key, events in by_key.items():
-                await self.routed.send(
-                    key=key.encode(),
-                    value=encode_routed(events, msg.topic, msg.partition, msg.offset),
-                )
+    async def _route(self, stream: Any) -> None:
+        async for batch in stream.take_events(ROUTE_BATCH, within=BATCH_WAIT_S):
+            try:
+                by_key: dict[str, list[ApiCall]] = {}
+                for event in batch:
+                    msg = event.message
+                    decoded = decode_record(msg.value, header_pairs(msg.headers))
+                    if decoded.rejections:
+                        self._dead_letter(msg, decoded.rejections)
+                    for ev in decoded.events:
+                        by_key.setdefault(routing_key(self.policy, ev), []).append(ev)
+                # One routed record per organisation per batch: the counter's cost is per record.
+                for key, events in by_key.items():
+                    for i in range(0, len(events), MAX_ROUTED_EVENTS):
+                        await self.routed.send(
+                            key=key.encode(), value=encode_routed(events[i : i + MAX_ROUTED_EVENTS])
+                        )
+            except Exception as exc:
+                _die("route", exc)
+
+    def _dead_letter(self, msg: Any, rejections: list[Rejection]) -> None:
+        first = rejections[0]
+        log.warning(
+            "dead-lettered %d part(s) of %s[%d]@%d: %s (%s)",
+            len(rejections),
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            first.reason,
+            first.detail,
+        )
+        self.telemetry.rejected(rejections)
+        self.dlq.send_soon(
+            key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(),
+            value=msg.value,
+            headers=dlq_headers(rejections, msg.topic, msg.partition, msg.offset),
+        )
 
     # -- stage 2: count ------------------------------------------------------------------------
-    async def _count(self, stream: StreamT[Any]) -> None:
-        async for event in stream.events():
+    async def _count(self, stream: Any) -> None:
+        async for batch in stream.take_events(COUNT_BATCH, within=BATCH_WAIT_S):
+            try:
+                by_partition: dict[int, list[Any]] = {}
+                for event in batch:
+                    by_partition.setdefault(event.message.partition, []).append(event)
+                for partition, events in by_partition.items():
+                    await self._count_partition(stream, partition, events)
+            except Exception as exc:
+                _die("count", exc)
+
+    async def _count_partition(self, stream: Any, partition: int, events: list[Any]) -> None:
+        ledger = self.ledgers.get(partition)
+        if ledger is None:
+            ledger = await self._bootstrap(partition)
+        if self.ledgers.get(partition) is not ledger:
+            return  # revoked while bootstrapping: the new owner replays these events
+        now_ms = int(self.clock() * 1000)
+        for event in events:
             msg = event.message
-            partition = msg.partition
-            ledger = self.ledgers.get(partition)
-            if ledger is None:
-                ledger = await self._bootstrap(partition)
-            events = decode_routed(msg.value or TICK)
-            if events is not None:
-                started = time.perf_counter()
-                applied = ledger.apply(msg.offset, events, int(self.clock() * 1000))
-                self.telemetry.applied(partition, applied.stats, len(events), started, msg)
-                if applied.outbox:
-                    self.unsent.setdefault(partition, []).extend(applied.outbox)
-            if self.unsent.get(partition):
-                await self._publish(partition, ledger)
+            calls = decode_routed(msg.value or TICK)
+            if calls is None:
+                continue
+            started = time.perf_counter()
+            applied = ledger.apply(msg.offset, calls, now_ms)
+            self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
+            if applied.outbox:
+                self.unsent.setdefault(partition, []).extend(applied.outbox)
+        # Table writes go to the changelog partition of the current event: make it this one.
+        stream._set_current_event(events[-1])
+        ledger.flush()
+        if self.unsent.get(partition):
+            await self._publish(partition, ledger)
 
     async def _bootstrap(self, partition: int) -> PartitionLedger:
         ledger = PartitionLedger(partition, self.policy, self.ledger_settings, self.store)

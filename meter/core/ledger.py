@@ -5,6 +5,9 @@ Exactness under replay: every value written carries `off`, the highest source of
 it. All the events of one subject arrive on one partition in offset order, so a record whose
 offset is not above a key's `off` has already been applied to that key and is skipped for it.
 Records to publish sit in the key's outbox (`ob`) until the adapter confirms they were sent.
+
+State is cached in memory and written back by `flush()`: the adapter flushes before it publishes
+the outbox and before it lets the source offsets be committed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,50 @@ class Store(Protocol):
     def get(self, key: str) -> Json | None: ...
     def put(self, key: str, value: Json) -> None: ...
     def delete(self, key: str) -> None: ...
+
+
+class WriteBackCache:
+    """The ledger's view of its `Store`: reads are cached, writes wait for `flush()`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.values: dict[str, Json] = {}
+        self.dirty: set[str] = set()
+        self.deleted: set[str] = set()
+
+    def get(self, key: str) -> Json | None:
+        value = self.values.get(key)
+        if value is None and key not in self.deleted:
+            value = self.store.get(key)
+            if value is not None:
+                self.values[key] = value
+        return value
+
+    def put(self, key: str, value: Json) -> None:
+        self.values[key] = value
+        self.dirty.add(key)
+        self.deleted.discard(key)
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+        self.dirty.discard(key)
+        self.deleted.add(key)
+
+    def flush(self) -> int:
+        """Write every changed key to the store; returns how many writes that took."""
+        for key in self.dirty:
+            self.store.put(key, self.values[key])
+        for key in self.deleted:
+            self.store.delete(key)
+        n = len(self.dirty) + len(self.deleted)
+        # Closed windows and id blocks are rarely read again: keep only what is live in memory.
+        for key in self.dirty:
+            value = self.values[key]
+            if key[0] == "d" or (value.get("rev", -1) >= 0 and not value.get("ob")):
+                del self.values[key]
+        self.dirty.clear()
+        self.deleted.clear()
+        return n
 
 
 @dataclass(frozen=True)
@@ -102,6 +149,16 @@ class Applied:
 _CapLevels = list[tuple[Cap, list[tuple[float, str, int]]]]
 
 
+def _crossing(seq: list[ApiCall], before: int, level: int, calls: bool) -> tuple[int, ApiCall]:
+    """The usage right after, and the event whose addition first reached `level`."""
+    used = before
+    for ev in seq:
+        used += 1 if calls else ev.records
+        if used >= level:
+            return used, ev
+    raise AssertionError("level not reached")  # the caller checked before < level <= after
+
+
 def _levels(cap: Cap) -> list[tuple[float, str, int]]:
     return [
         (t.ratio, t.severity, max(1, math.ceil(t.ratio * cap.limit - 1e-9))) for t in cap.thresholds
@@ -117,11 +174,15 @@ class PartitionLedger:
         self.partition = partition
         self.policy = policy
         self.settings = settings
-        self.store = store
+        self.state = WriteBackCache(store)
         self.watermark_ms: int | None = None
         self._meta_key = f"w|{partition}"
         self._heap: list[tuple[int, str, str]] = []  # (due_ms, action, key)
-        self._dedup: dict[int, list[str]] = {}
+        self._ids: dict[str, int] = {}  # "app|id" -> the offset of the record that counted it
+        self._new_ids: dict[int, dict[str, int]] = {}  # per time bucket, not yet flushed
+        self._bucket_ids: dict[int, list[str]] = {}
+        self._bucket_blocks: dict[int, list[str]] = {}
+        self._last_offset = -1
         self._caps: dict[tuple[str, str], dict[str, _CapLevels]] = {}
         self._pending_markers: list[Pending] = []
         self.usage: dict[tuple[str, str, str], CapUsage] = {}
@@ -140,7 +201,10 @@ class PartitionLedger:
             if kind == "w":
                 self.watermark_ms = value["wm"]
             elif kind == "d":
-                self._remember_id(key, value["t"])
+                ids: dict[str, int] = value["ids"]
+                self._ids.update(ids)
+                self._bucket_ids.setdefault(value["t"], []).extend(ids)
+                self._bucket_blocks.setdefault(value["t"], []).append(key)
             elif kind == "s":
                 if value["rev"] < 0:
                     heapq.heappush(self._heap, (value["we"] + grace, "close", key))
@@ -158,11 +222,20 @@ class PartitionLedger:
         for p in sent:
             by_key.setdefault(p.key, set()).add(p.record.id)
         for key, ids in by_key.items():
-            value = self.store.get(key)
+            value = self.state.get(key)
             if value is None or not value.get("ob"):
                 continue
             value["ob"] = [o for o in value["ob"] if o["id"] not in ids]
-            self.store.put(key, value)
+            self.state.put(key, value)
+
+    def flush(self) -> int:
+        """Persist everything applied so far (new ids as one block per time bucket)."""
+        for bucket, ids in self._new_ids.items():
+            key = f"d|{self.partition}|{bucket}|{self._last_offset}"
+            self.state.put(key, {"p": self.partition, "t": bucket, "ids": ids})
+            self._bucket_blocks.setdefault(bucket, []).append(key)
+        self._new_ids = {}
+        return self.state.flush()
 
     # -- counting ------------------------------------------------------------------------------
     def apply(self, offset: int, events: Sequence[ApiCall], now_ms: int) -> Applied:
@@ -173,21 +246,27 @@ class PartitionLedger:
         skipped: set[str] = set()
         wm = self.watermark_ms
         seen_here: set[str] = set()
+        ids = self._ids
+        self._last_offset = max(self._last_offset, offset)
+        accepted: list[ApiCall] = []
         for ev in events:
-            dkey = f"d|{ev.app_id}|{ev.id}"
+            dkey = f"{ev.app_id}|{ev.id}"
             if dkey in seen_here:
                 stats.duplicates += 1
                 continue
             seen_here.add(dkey)
-            known = self.store.get(dkey)
+            known = ids.get(dkey)
             if known is None:
-                self.store.put(dkey, {"p": self.partition, "off": offset, "t": ev.time_ms})
-                self._remember_id(dkey, ev.time_ms)
-            elif known["off"] != offset:
+                ids[dkey] = offset
+                bucket = ev.time_ms // _DEDUP_BUCKET_MS
+                self._new_ids.setdefault(bucket, {})[dkey] = offset
+                self._bucket_ids.setdefault(bucket, []).append(dkey)
+            elif known != offset:  # counted by another record: a retry or a re-sent event
                 stats.duplicates += 1
                 continue
-            stats.events += 1
-            self._count_event(ev, offset, wm, touched, skipped, stats, now_ms)
+            accepted.append(ev)
+        stats.events = len(accepted)
+        self._count(accepted, offset, wm, touched, skipped, stats, now_ms)
 
         outbox: list[Pending] = []
         for key, slot in touched.items():
@@ -199,7 +278,7 @@ class PartitionLedger:
                 slot["ob"].append(amendment)
                 new.append(amendment)
             slot["off"] = offset
-            self.store.put(key, slot)
+            self.state.put(key, slot)
             if slot["rev"] < 0:
                 self._track_usage(slot)
             outbox.extend(Pending(key, Outbound.from_json(o)) for o in new)
@@ -208,14 +287,14 @@ class PartitionLedger:
             top = max(ev.time_ms for ev in events)
             if wm is None or top > wm:
                 self.watermark_ms = top
-                self.store.put(self._meta_key, {"p": self.partition, "wm": top})
+                self.state.put(self._meta_key, {"p": self.partition, "wm": top})
         outbox.extend(self._advance(offset, now_ms, stats))
         stats.alerts = sum(1 for p in outbox if p.record.kind != WINDOWS)
         return Applied(outbox, stats)
 
-    def _count_event(
+    def _count(
         self,
-        ev: ApiCall,
+        events: list[ApiCall],
         offset: int,
         wm: int | None,
         touched: dict[str, Json],
@@ -223,49 +302,49 @@ class PartitionLedger:
         stats: Stats,
         now_ms: int,
     ) -> None:
+        """Group the events by subject and window first: the per-window work is then done once
+        per group, and events are looked at one by one only where a threshold is crossed."""
         policy = self.policy
-        org = policy.org_of(ev.app_id, ev.org_id)
-        if org is not None:
-            stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
-            stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
-        was_late = False
-        subjects = (("app", ev.app_id), ("org", org)) if org is not None else (("app", ev.app_id),)
-        for stype, subject in subjects:
-            assert subject is not None
-            caps = self._caps_for(stype, subject)
-            for spec in policy.windows:
-                slot = self._slot(
-                    stype, subject, org, spec, ev.time_ms, offset, wm, touched, skipped
-                )
-                if slot is None:
-                    continue
-                late = slot["rev"] >= 0
-                was_late |= late
-                self._add(slot, ev, caps.get(spec.name, ()), late, now_ms)
-        if was_late:
-            stats.late += 1
-        if not policy.known_app(ev.app_id):
-            stats.unknown_app += 1
-            self._marker(
-                "unknown_app", "warning", "app", ev.app_id, org, ev, offset, wm, now_ms, {}
+        windows = policy.windows
+        groups: dict[tuple[str, str, int, int], list[ApiCall]] = {}
+        for ev in events:
+            org = policy.org_of(ev.app_id, ev.org_id)
+            if org is not None:
+                stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
+                stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
+            for i, spec in enumerate(windows):
+                start = spec.bucket(ev.time_ms).start_ms
+                groups.setdefault(("app", ev.app_id, i, start), []).append(ev)
+                if org is not None:
+                    groups.setdefault(("org", org, i, start), []).append(ev)
+            if not policy.known_app(ev.app_id):
+                stats.unknown_app += 1
+                self._marker("unknown_app", "warning", "app", ev.app_id, org, ev, wm, now_ms, {})
+            if ev.recipient is not None:
+                self._check_recipient(ev, org, wm, now_ms)
+        late_events: set[int] = set()
+        for (stype, subject, i, _), group in groups.items():
+            spec = windows[i]
+            first = group[0]
+            org = subject if stype == "org" else policy.org_of(subject, first.org_id)
+            slot = self._slot(
+                stype, subject, org, spec, first.time_ms, offset, wm, touched, skipped
             )
-        rule = policy.restricted_violation(org, ev.recipient, ev.time_ms)
-        if rule is not None:
-            details = {"app_id": ev.app_id, "recipient": rule.recipient, "rule": rule.requires}
-            subject = org if org is not None else ev.app_id
-            stype = "org" if org is not None else "app"
-            self._marker(
-                "restricted_use",
-                rule.severity,
-                stype,
-                subject,
-                org,
-                ev,
-                offset,
-                wm,
-                now_ms,
-                details,
-            )
+            if slot is None:
+                continue
+            late = slot["rev"] >= 0
+            if late:
+                late_events.update(id(ev) for ev in group)
+            self._add(slot, group, self._caps_for(stype, subject).get(spec.name, ()), late, now_ms)
+        stats.late = len(late_events)
+
+    def _check_recipient(self, ev: ApiCall, org: str | None, wm: int | None, now_ms: int) -> None:
+        rule = self.policy.restricted_violation(org, ev.recipient, ev.time_ms)
+        if rule is None:
+            return
+        details = {"app_id": ev.app_id, "recipient": rule.recipient, "rule": rule.requires}
+        stype, subject = ("org", org) if org is not None else ("app", ev.app_id)
+        self._marker("restricted_use", rule.severity, stype, subject, org, ev, wm, now_ms, details)
 
     def _caps_for(self, stype: str, subject: str) -> dict[str, _CapLevels]:
         cached = self._caps.get((stype, subject))
@@ -298,7 +377,7 @@ class PartitionLedger:
             return slot
         if key in skipped:
             return None
-        slot = self.store.get(key)
+        slot = self.state.get(key)
         if slot is not None and slot["off"] >= offset:
             skipped.add(key)
             return None
@@ -336,60 +415,64 @@ class PartitionLedger:
         return slot
 
     def _add(
-        self, slot: Json, ev: ApiCall, caps: _CapLevels | tuple[()], late: bool, now: int
+        self, slot: Json, group: list[ApiCall], caps: _CapLevels | tuple[()], late: bool, now: int
     ) -> None:
         c0, r0 = slot["c"], slot["r"]
-        c1, r1 = c0 + 1, r0 + ev.records
-        slot["c"], slot["r"] = c1, r1
+        slot["c"] = c0 + len(group)
+        slot["r"] = r0 + sum(ev.records for ev in group)
         eps = slot["ep"]
-        ep = ev.endpoint or NO_ENDPOINT
-        cell = eps.get(ep)
-        if cell is None:
-            if len(eps) >= self.settings.max_endpoints:
-                ep = OTHER_ENDPOINTS
-            cell = eps.setdefault(ep, [0, 0])
-        cell[0] += 1
-        cell[1] += ev.records
+        for ev in group:
+            ep = ev.endpoint or NO_ENDPOINT
+            cell = eps.get(ep)
+            if cell is None:
+                if len(eps) >= self.settings.max_endpoints:
+                    ep = OTHER_ENDPOINTS
+                cell = eps.setdefault(ep, [0, 0])
+            cell[0] += 1
+            cell[1] += ev.records
         if late:
-            slot["late"] += 1
+            slot["late"] += len(group)
             slot["_late"] = True
         for cap, levels in caps:
+            calls = cap.metric == "calls"
             if cap.filtered:
-                if not cap.matches(ev.endpoint, ev.status):
+                seq = [ev for ev in group if cap.matches(ev.endpoint, ev.status)]
+                if not seq:
                     continue
                 fc = slot["fc"].setdefault(cap.key, [0, 0])
-                before = fc[0] if cap.metric == "calls" else fc[1]
-                fc[0] += 1
-                fc[1] += ev.records
-                after = fc[0] if cap.metric == "calls" else fc[1]
-            elif cap.metric == "calls":
-                before, after = c0, c1
+                before = fc[0] if calls else fc[1]
+                fc[0] += len(seq)
+                fc[1] += sum(ev.records for ev in seq)
+                after = fc[0] if calls else fc[1]
             else:
-                before, after = r0, r1
+                seq = group
+                before, after = (c0, slot["c"]) if calls else (r0, slot["r"])
             for ratio, severity, level in levels:
-                if before < level <= after:
-                    tag = f"{cap.key}@{ratio}"
-                    if tag in slot["fired"]:
-                        continue
-                    slot["fired"].append(tag)
-                    alert = cap_alert(
-                        subject_type=slot["st"],
-                        subject=slot["sub"],
-                        org_id=slot["org"],
-                        cap_key=cap.key,
-                        metric=cap.metric,
-                        window=window_json(slot["w"], slot["ws"], slot["we"]),
-                        window_start_ms=slot["ws"],
-                        limit=cap.limit,
-                        used=after,
-                        threshold=ratio,
-                        severity=severity,
-                        crossed_at_ms=ev.time_ms,
-                        event_id=ev.id,
-                        late=late,
-                        now_ms=now,
-                    )
-                    self._emit(slot, alert)
+                if not before < level <= after:
+                    continue
+                tag = f"{cap.key}@{ratio}"
+                if tag in slot["fired"]:
+                    continue
+                slot["fired"].append(tag)
+                used, crossing = _crossing(seq, before, level, calls)
+                alert = cap_alert(
+                    subject_type=slot["st"],
+                    subject=slot["sub"],
+                    org_id=slot["org"],
+                    cap_key=cap.key,
+                    metric=cap.metric,
+                    window=window_json(slot["w"], slot["ws"], slot["we"]),
+                    window_start_ms=slot["ws"],
+                    limit=cap.limit,
+                    used=used,
+                    threshold=ratio,
+                    severity=severity,
+                    crossed_at_ms=crossing.time_ms,
+                    event_id=crossing.id,
+                    late=late,
+                    now_ms=now,
+                )
+                self._emit(slot, alert)
 
     @staticmethod
     def _emit(value: Json, record: Outbound) -> None:
@@ -405,7 +488,6 @@ class PartitionLedger:
         subject: str,
         org: str | None,
         ev: ApiCall,
-        offset: int,
         wm: int | None,
         now_ms: int,
         details: Json,
@@ -414,9 +496,9 @@ class PartitionLedger:
         day = ev.time_ms - ev.time_ms % DAY_MS
         extra = "|".join(str(v) for v in details.values())
         key = f"m|{kind}|{stype}|{subject}|{extra}|{day}"
-        if self.store.get(key) is not None:
+        if self.state.get(key) is not None:
             return
-        marker: Json = {"p": self.partition, "off": offset, "ws": day, "we": day + DAY_MS, "ob": []}
+        marker: Json = {"p": self.partition, "ws": day, "we": day + DAY_MS, "ob": []}
         late = wm is not None and day + DAY_MS + self.settings.grace_ms <= wm
         alert = marker_alert(
             kind=kind,
@@ -433,7 +515,7 @@ class PartitionLedger:
             details=details,
         )
         marker["ob"].append(alert.to_json())
-        self.store.put(key, marker)
+        self.state.put(key, marker)
         heapq.heappush(self._heap, (day + DAY_MS + self.settings.grace_ms, "expire", key))
         self._pending_markers.append(Pending(key, alert))
 
@@ -448,7 +530,7 @@ class PartitionLedger:
         heap = self._heap
         while heap and heap[0][0] <= wm:
             _, action, key = heapq.heappop(heap)
-            value = self.store.get(key)
+            value = self.state.get(key)
             if value is None:
                 continue
             if action == "close":
@@ -459,7 +541,7 @@ class PartitionLedger:
                 self._forget_usage(value)
                 record = self._window_record(value, now_ms)
                 value["ob"].append(record.to_json())
-                self.store.put(key, value)
+                self.state.put(key, value)
                 out.append(Pending(key, record))
                 stats.windows_closed += 1
                 due = value["we"] + self.settings.grace_ms + self.settings.late_horizon_ms
@@ -467,11 +549,14 @@ class PartitionLedger:
             elif value.get("ob"):
                 heapq.heappush(heap, (wm + _DEDUP_BUCKET_MS, "expire", key))  # unsent: keep
             else:
-                self.store.delete(key)
+                self.state.delete(key)
         horizon = wm - self.settings.dedup_horizon_ms
-        for bucket in [b for b in self._dedup if (b + 1) * _DEDUP_BUCKET_MS <= horizon]:
-            for key in self._dedup.pop(bucket):
-                self.store.delete(key)
+        for bucket in [b for b in self._bucket_ids if (b + 1) * _DEDUP_BUCKET_MS <= horizon]:
+            for dkey in self._bucket_ids.pop(bucket):
+                self._ids.pop(dkey, None)
+            self._new_ids.pop(bucket, None)
+            for key in self._bucket_blocks.pop(bucket, ()):
+                self.state.delete(key)
         return out
 
     def _track_usage(self, slot: Json) -> None:
@@ -505,11 +590,8 @@ class PartitionLedger:
         """Indexed state keys by kind: window slots and markers awaiting close or expiry, ids."""
         return {
             "windows": len(self._heap),
-            "ids": sum(len(b) for b in self._dedup.values()),
+            "ids": len(self._ids),
         }
-
-    def _remember_id(self, key: str, time_ms: int) -> None:
-        self._dedup.setdefault(time_ms // _DEDUP_BUCKET_MS, []).append(key)
 
     def _window_record(self, slot: Json, now_ms: int) -> Outbound:
         rev = slot["rev"]

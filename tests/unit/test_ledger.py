@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meter.core.events import ApiCall
-from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
+from meter.core.ledger import Applied, LedgerSettings, PartitionLedger, Pending
 from meter.core.outputs import ALERTS, WINDOWS, Outbound
 from meter.core.policy import Policy, load_policy
 
@@ -87,6 +87,13 @@ def new_ledger(policy: Policy, store: JsonStore, **settings: int) -> PartitionLe
     return PartitionLedger(0, policy, s, store)
 
 
+def run(ledger: PartitionLedger, offset: int, events: list[ApiCall], now: int) -> Applied:
+    """Apply one record and flush, as the worker does before publishing and committing."""
+    applied = ledger.apply(offset, events, now)
+    ledger.flush()
+    return applied
+
+
 def slot(store: JsonStore, stype: str, subject: str, window: str, start_min: int) -> dict[str, Any]:
     value = store.get(f"s|{stype}|{subject}|{window}|{T0 + start_min * MIN}")
     assert value is not None
@@ -104,8 +111,8 @@ def windows_of(pending: list[Pending]) -> list[dict[str, Any]]:
 def test_counts_per_app_and_org_in_every_window(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    ledger.apply(0, [ev("e1", 1, records=5, endpoint="/search"), ev("e2", 2, "a2", records=7)], NOW)
-    ledger.apply(1, [ev("e3", 16, records=1, endpoint="/search")], NOW)
+    run(ledger, 0, [ev("e1", 1, records=5, endpoint="/search"), ev("e2", 2, "a2", records=7)], NOW)
+    run(ledger, 1, [ev("e3", 16, records=1, endpoint="/search")], NOW)
 
     assert [w.name for w in policy.windows] == ["15m", "1h"]
     assert (slot(store, "app", "a1", "15m", 0)["c"], slot(store, "app", "a1", "15m", 0)["r"]) == (
@@ -127,9 +134,9 @@ def test_replaying_a_record_changes_nothing(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
     batch = [ev(f"e{i}", 1, records=10) for i in range(9)]
-    first = ledger.apply(5, batch, NOW)
+    first = run(ledger, 5, batch, NOW)
     snapshot = dict(store.data)
-    again = ledger.apply(5, batch, NOW)
+    again = run(ledger, 5, batch, NOW)
     assert store.data == snapshot
     assert again.outbox == []
     assert again.stats.events == 9  # ids recognised as this very record, not as duplicates
@@ -140,56 +147,77 @@ def test_replaying_a_record_changes_nothing(policy: Policy) -> None:
     }
 
 
-@pytest.mark.parametrize("crash_after", range(1, 12))
-def test_crash_part_way_through_a_record_then_replay_is_exact(
-    policy: Policy, crash_after: int
-) -> None:
+def _crash_then_replay(policy: Policy, crash_after: int | None) -> tuple[JsonStore, list[Pending]]:
+    """Apply a record whose flush dies after `crash_after` writes, then recover and replay it."""
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    ledger.apply(0, [ev("warm", 0, records=1)], NOW)
+    run(ledger, 0, [ev("warm", 0, records=1)], NOW)
     batch = [ev(f"e{i}", 1, records=10) for i in range(9)] + [ev("x", 2, "a2", records=3)]
+    first = ledger.apply(1, batch, NOW)
+    if crash_after is None:
+        ledger.flush()
+        return store, first.outbox
     store.fail_after = store.puts + crash_after
     with pytest.raises(RuntimeError):
-        ledger.apply(1, batch, NOW)
+        ledger.flush()
     store.fail_after = None
     # A new process: indexes rebuilt from the store, the record replayed from the source.
     recovered = new_ledger(policy, store)
     pending = recovered.bootstrap(store.items())
-    applied = recovered.apply(1, batch, NOW)
-    assert slot(store, "app", "a1", "15m", 0)["c"] == 10
-    assert slot(store, "app", "a1", "15m", 0)["r"] == 91
-    assert slot(store, "org", "acme", "1h", 0)["r"] == 94
-    assert slot(store, "app", "a2", "15m", 0)["c"] == 1
-    fired = {a["id"] for a in alerts_of(pending + applied.outbox)}
-    stored = {o["id"] for _, v in store.items() for o in v.get("ob", [])}
-    # Every alert crossed so far is either pending from before the crash or new now, never both.
-    assert len(alerts_of(pending)) + len(alerts_of(applied.outbox)) == len(fired)
-    assert fired == stored
-    assert {(a["cap"], a["threshold"]) for a in alerts_of(pending + applied.outbox)} == {
+    return store, pending + run(recovered, 1, batch, NOW).outbox
+
+
+def test_crash_at_every_point_of_a_flush_then_replay_is_exact(policy: Policy) -> None:
+    _, clean_outbox = _crash_then_replay(policy, None)
+    probe = JsonStore()
+    probe_ledger = new_ledger(policy, probe)
+    run(probe_ledger, 0, [ev("warm", 0, records=1)], NOW)
+    before = probe.puts
+    run(
+        probe_ledger,
+        1,
+        [ev(f"e{i}", 1, records=10) for i in range(9)] + [ev("x", 2, "a2", records=3)],
+        NOW,
+    )
+    writes = probe.puts - before
+    assert writes >= 6
+    expected_alerts = {(a["cap"], a["threshold"]) for a in alerts_of(clean_outbox)}
+    assert expected_alerts == {
         ("tier:std:calls-15m", 0.8),
         ("tier:std:calls-15m", 1.0),
         ("org:acme:records-1h", 0.8),
     }
+    for crash_after in range(writes):
+        store, outbox = _crash_then_replay(policy, crash_after)
+        assert slot(store, "app", "a1", "15m", 0)["c"] == 10, crash_after
+        assert slot(store, "app", "a1", "15m", 0)["r"] == 91, crash_after
+        assert slot(store, "org", "acme", "1h", 0)["r"] == 94, crash_after
+        assert slot(store, "app", "a2", "15m", 0)["c"] == 1, crash_after
+        fired = [(a["cap"], a["threshold"]) for a in alerts_of(outbox)]
+        # each alert either survived in an outbox from before the crash or fired now: never both
+        assert sorted(fired) == sorted(expected_alerts), crash_after
+        stored = {o["id"] for _, v in store.items() for o in v.get("ob", [])}
+        assert stored == {a["id"] for a in alerts_of(outbox)}, crash_after
 
 
 def test_repeated_ids_are_counted_once(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    r1 = ledger.apply(0, [ev("same", 1, records=4), ev("same", 1, records=4)], NOW)
-    r2 = ledger.apply(1, [ev("same", 1, records=4), ev("other", 1, records=1)], NOW)
+    r1 = run(ledger, 0, [ev("same", 1, records=4), ev("same", 1, records=4)], NOW)
+    r2 = run(ledger, 1, [ev("same", 1, records=4), ev("other", 1, records=1)], NOW)
     assert (r1.stats.events, r1.stats.duplicates) == (1, 1)
     assert (r2.stats.events, r2.stats.duplicates) == (1, 1)
     assert slot(store, "app", "a1", "15m", 0)["c"] == 2
     assert slot(store, "app", "a1", "15m", 0)["r"] == 5
     # the same id from another app is another call
-    ledger.apply(2, [ev("same", 1, "a2")], NOW)
+    run(ledger, 2, [ev("same", 1, "a2")], NOW)
     assert slot(store, "app", "a2", "15m", 0)["c"] == 1
 
 
 def test_alert_fires_on_the_crossing_event_once_and_rearms_next_window(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    out = ledger.apply(0, [ev(f"e{i}", 1 + i * 0.1) for i in range(12)], NOW).outbox
+    out = run(ledger, 0, [ev(f"e{i}", 1 + i * 0.1) for i in range(12)], NOW).outbox
     alerts = alerts_of(out)
     assert [(a["threshold"], a["severity"], a["used"], a["event_id"]) for a in alerts] == [
         (0.8, "warning", 8, "e7"),
@@ -209,8 +237,8 @@ def test_alert_fires_on_the_crossing_event_once_and_rearms_next_window(policy: P
     assert a["limit"] == 10
     assert a["crossed_at"] == "2022-01-01T00:01:42Z"
     assert a["late"] is False
-    assert alerts_of(ledger.apply(1, [ev("more", 3)], NOW).outbox) == []
-    nxt = alerts_of(ledger.apply(2, [ev(f"n{i}", 16) for i in range(8)], NOW).outbox)
+    assert alerts_of(run(ledger, 1, [ev("more", 3)], NOW).outbox) == []
+    nxt = alerts_of(run(ledger, 2, [ev(f"n{i}", 16) for i in range(8)], NOW).outbox)
     assert [(x["threshold"], x["window"]["start"]) for x in nxt] == [(0.8, "2022-01-01T00:15:00Z")]
     assert nxt[0]["id"] != alerts[0]["id"]
 
@@ -218,7 +246,8 @@ def test_alert_fires_on_the_crossing_event_once_and_rearms_next_window(policy: P
 def test_filtered_cap_counts_only_matching_events(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    out = ledger.apply(
+    out = run(
+        ledger,
         0,
         [ev("ok", 1, records=70), ev("err", 2, records=500, status=500), ev("ok2", 3, records=10)],
         NOW,
@@ -232,9 +261,9 @@ def test_filtered_cap_counts_only_matching_events(policy: Policy) -> None:
 def test_window_closes_once_watermark_passes_end_plus_grace(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    ledger.apply(0, [ev("a", 1, records=3, endpoint="/x"), ev("b", 14, "a2")], NOW)
-    assert windows_of(ledger.apply(1, [ev("c", 15.9)], NOW).outbox) == []  # 15:54 < 15:00 + 1m
-    closed = windows_of(ledger.apply(2, [ev("d", 16)], NOW).outbox)
+    run(ledger, 0, [ev("a", 1, records=3, endpoint="/x"), ev("b", 14, "a2")], NOW)
+    assert windows_of(run(ledger, 1, [ev("c", 15.9)], NOW).outbox) == []  # 15:54 < 15:00 + 1m
+    closed = windows_of(run(ledger, 2, [ev("d", 16)], NOW).outbox)
     assert sorted((w["subject"], w["window"]["size"]) for w in closed) == [
         ("a1", "15m"),
         ("a2", "15m"),
@@ -254,9 +283,9 @@ def test_window_closes_once_watermark_passes_end_plus_grace(policy: Policy) -> N
 def test_late_event_amends_the_closed_window_with_a_new_revision(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    ledger.apply(0, [ev(f"e{i}", 1) for i in range(7)], NOW)
-    ledger.apply(1, [ev("push", 20)], NOW)  # closes 00:00-00:15
-    late = ledger.apply(2, [ev("late", 5, records=2)], NOW)
+    run(ledger, 0, [ev(f"e{i}", 1) for i in range(7)], NOW)
+    run(ledger, 1, [ev("push", 20)], NOW)  # closes 00:00-00:15
+    late = run(ledger, 2, [ev("late", 5, records=2)], NOW)
     assert late.stats.late == 1
     amend = [w for w in windows_of(late.outbox) if w["window"]["size"] == "15m"]
     assert [
@@ -267,7 +296,7 @@ def test_late_event_amends_the_closed_window_with_a_new_revision(policy: Policy)
     ]
     alert = alerts_of(late.outbox)
     assert [(a["threshold"], a["late"], a["used"]) for a in alert] == [(0.8, True, 8)]
-    again = ledger.apply(3, [ev("late2", 6)], NOW)
+    again = run(ledger, 3, [ev("late2", 6)], NOW)
     assert [
         (w["subject"], w["revision"])
         for w in windows_of(again.outbox)
@@ -281,8 +310,8 @@ def test_late_event_amends_the_closed_window_with_a_new_revision(policy: Policy)
 def test_a_late_first_event_for_a_window_is_revision_one(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    ledger.apply(0, [ev("now", 100)], NOW)
-    out = windows_of(ledger.apply(1, [ev("old", 1, "a2")], NOW).outbox)
+    run(ledger, 0, [ev("now", 100)], NOW)
+    out = windows_of(run(ledger, 1, [ev("old", 1, "a2")], NOW).outbox)
     assert sorted((w["subject"], w["window"]["size"], w["revision"], w["calls"]) for w in out) == [
         ("a2", "15m", 1, 1),
         ("a2", "1h", 1, 1),
@@ -294,15 +323,17 @@ def test_a_late_first_event_for_a_window_is_revision_one(policy: Policy) -> None
 def test_closed_windows_and_old_ids_are_removed_after_their_horizons(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store, late_horizon_ms=30 * MIN, dedup_horizon_ms=10 * MIN)
-    ledger.apply(0, [ev("a", 1)], NOW)
-    ledger.apply(1, [ev("b", 200)], NOW)  # closes everything from minute 1
+    run(ledger, 0, [ev("a", 1)], NOW)
+    run(ledger, 1, [ev("b", 200)], NOW)  # closes everything from minute 1
     ledger.acknowledge([Pending(k, r) for k, r in _outbox(store)])
     assert any(k.startswith("s|") and f"|{T0}" in k for k in store.data)  # kept until sent
-    ledger.apply(2, [ev("c", 202)], NOW)
+    run(ledger, 2, [ev("c", 202)], NOW)
     keys = set(store.data)
     assert not any(k.startswith("s|") and f"|{T0}" in k for k in keys)  # first windows expired
-    assert "d|a1|a" not in keys  # id older than the dedup horizon
-    assert "d|a1|b" in keys
+    assert "a1|a" not in ledger._ids  # id older than the dedup horizon
+    assert "a1|b" in ledger._ids
+    stored_ids = {i for k, v in store.items() if k.startswith("d|") for i in v["ids"]}
+    assert stored_ids == {"a1|b", "a1|c"}
     assert any(k.startswith("s|app|a1|15m|") for k in keys)  # the current window stays
 
 
@@ -313,20 +344,22 @@ def _outbox(store: JsonStore) -> list[tuple[str, Any]]:
 def test_unsent_outbox_survives_and_is_returned_by_bootstrap(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    out = ledger.apply(0, [ev(f"e{i}", 1) for i in range(8)], NOW).outbox
+    out = run(ledger, 0, [ev(f"e{i}", 1) for i in range(8)], NOW).outbox
     assert len(out) == 1
     recovered = new_ledger(policy, store).bootstrap(store.items())
     assert [p.record.id for p in recovered] == [out[0].record.id]
     ledger.acknowledge(out)
+    assert new_ledger(policy, store).bootstrap(store.items()) != []  # not flushed yet
+    ledger.flush()
     assert new_ledger(policy, store).bootstrap(store.items()) == []
 
 
 def test_unknown_app_is_counted_and_alerted_once_per_day(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    r1 = ledger.apply(0, [ev("u1", 1, "ghost", org_id="shadow"), ev("u2", 2, "ghost")], NOW)
-    r2 = ledger.apply(1, [ev("u3", 3, "ghost")], NOW)
-    r3 = ledger.apply(2, [ev("u4", 60 * 24 + 1, "ghost")], NOW)
+    r1 = run(ledger, 0, [ev("u1", 1, "ghost", org_id="shadow"), ev("u2", 2, "ghost")], NOW)
+    r2 = run(ledger, 1, [ev("u3", 3, "ghost")], NOW)
+    r3 = run(ledger, 2, [ev("u4", 60 * 24 + 1, "ghost")], NOW)
     kinds = [
         (a["kind"], a["subject"], a["window"]["start"])
         for a in alerts_of(r1.outbox + r2.outbox + r3.outbox)
@@ -343,7 +376,8 @@ def test_unknown_app_is_counted_and_alerted_once_per_day(policy: Policy) -> None
 def test_government_recipient_needs_a_recorded_notice(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    out = ledger.apply(
+    out = run(
+        ledger,
         0,
         [
             ev("g1", 1, "a1", recipient="government"),
@@ -360,17 +394,17 @@ def test_government_recipient_needs_a_recorded_notice(policy: Policy) -> None:
 def test_current_cap_usage_follows_the_newest_open_window(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)
-    ledger.apply(0, [ev("a", 1), ev("b", 2), ev("c", 3, records=50)], NOW)
+    run(ledger, 0, [ev("a", 1), ev("b", 2), ev("c", 3, records=50)], NOW)
     u = ledger.usage[("app", "a1", "tier:std:calls-15m")]
     assert (u.used, u.limit, u.window, u.start_ms) == (3, 10, "15m", T0)
     org = ledger.usage[("org", "acme", "org:acme:records-1h")]
     assert (org.used, org.metric) == (50, "records")
-    ledger.apply(1, [ev("d", 16)], NOW)  # a new window; the old one closes at 16:00
+    run(ledger, 1, [ev("d", 16)], NOW)  # a new window; the old one closes at 16:00
     u = ledger.usage[("app", "a1", "tier:std:calls-15m")]
     assert (u.used, u.start_ms) == (1, T0 + 15 * MIN)
-    ledger.apply(2, [ev("e", 5)], NOW)  # late: amends the closed window, not the gauge
+    run(ledger, 2, [ev("e", 5)], NOW)  # late: amends the closed window, not the gauge
     assert ledger.usage[("app", "a1", "tier:std:calls-15m")].used == 1
-    ledger.apply(3, [ev("f", 90)], NOW)  # closes everything ending by 1:29
+    run(ledger, 3, [ev("f", 90)], NOW)  # closes everything ending by 1:29
     assert ("app", "a1", "tier:std:calls-15m") in ledger.usage  # the 1:30 window is open
     assert ledger.usage[("app", "a1", "tier:std:calls-15m")].start_ms == T0 + 90 * MIN
     recovered = new_ledger(policy, store)
