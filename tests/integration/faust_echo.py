@@ -10,6 +10,7 @@ app = faust.App(
     os.environ["ECHO_GROUP"],
     broker=f"kafka://{os.environ['ECHO_BOOTSTRAP']}",
     store="memory://",
+    datadir=os.environ["ECHO_DATADIR"],
     web_enabled=False,
     topic_partitions=int(os.environ.get("ECHO_PARTITIONS", "1")),
     topic_allow_declare=False,

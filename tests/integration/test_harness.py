@@ -18,7 +18,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_faust_agent_receives_exactly_what_was_produced(
-    kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str]
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
     source = make_topic("echo-in", partitions=3)
     sink = make_topic("echo-out", partitions=1)
@@ -32,6 +35,7 @@ def test_faust_agent_receives_exactly_what_was_produced(
         ECHO_IN=source,
         ECHO_OUT=sink,
         ECHO_PARTITIONS="3",
+        ECHO_DATADIR=str(tmp_path / "faust"),
     )
     worker = subprocess.Popen(
         [sys.executable, str(HERE / "faust_echo.py"), "worker", "-l", "warn"],
