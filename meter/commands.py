@@ -72,6 +72,7 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add("--web-host", help="metrics/HTTP bind address (METER_WEB_HOST, 127.0.0.1)")
     add("--web-port", help="metrics/HTTP port (METER_WEB_PORT, 6066)")
     add("--tick", help="outbox reconciliation tick (METER_TICK, 5s)")
+    add("--replication", help="replication factor of topics it creates (METER_REPLICATION, 1)")
     add("--metrics-max-apps", help="apps with their own cap series (METER_METRICS_MAX_APPS, 100)")
     p.set_defaults(handler=cmd_worker)
 

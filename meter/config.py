@@ -145,6 +145,7 @@ class WorkerSettings:
     web_port: int = 6066
     tick_ms: int = 5_000
     metrics_max_apps: int = 100
+    replication: int = 1
 
     @property
     def routed_topic(self) -> str:
@@ -196,4 +197,5 @@ class WorkerSettings:
             metrics_max_apps=setting(
                 flags, env, "metrics_max_apps", "METER_METRICS_MAX_APPS", 100, positive_int
             ),
+            replication=setting(flags, env, "replication", "METER_REPLICATION", 1, positive_int),
         )

@@ -37,7 +37,7 @@ def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
 
 def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
     """Create missing topics; check the routed topic matches the state's partitioning."""
-    ensure_topics(bootstrap, topic_specs(s))
+    ensure_topics(bootstrap, topic_specs(s), replication=s.replication)
     counts = partition_counts(
         bootstrap, [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic]
     )

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from meter.core.events import Rejection
+from meter.core.events import REASONS, Rejection
 from meter.core.ledger import CapUsage, Pending, Stats
 from meter.core.outputs import ALERTS
 from meter.core.policy import Policy
@@ -88,6 +88,17 @@ class Telemetry:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
             registry=r,
         )
+        self.precreate()
+
+    def precreate(self) -> None:
+        """Create the known label values at zero, so `rate()` sees the first increment too."""
+        for org in (*self.orgs, OTHER):
+            self.calls.labels(org)
+            self.records.labels(org)
+        for reason in REASONS:
+            self.dead.labels(reason)
+        for kind in ("final", "amendment"):
+            self.windows.labels(kind)
 
     def _org(self, org: str) -> str:
         return org if org in self.orgs else OTHER
@@ -227,7 +238,8 @@ class WorkerCollector(Collector):
         if consumer is None:
             return lag
         try:
-            for tp in sorted(consumer.assignment()):
+            sources = {self.worker.settings.input_topic, self.worker.settings.routed_topic}
+            for tp in sorted(tp for tp in consumer.assignment() if tp.topic in sources):
                 high = consumer.highwater(tp)
                 read = consumer._read_offset.get(tp)
                 if high is None:
