@@ -11,6 +11,7 @@ from meter.adapters.broker import port_open
 from meter.adapters.policy_file import read_policy
 from meter.config import BrokerSettings, WorkerSettings
 from meter.core.errors import ConfigError
+from meter.sim.command import add_simulate_parser
 
 log = logging.getLogger("meter")
 
@@ -85,3 +86,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = pol_sub.add_parser("check", help="validate a policy file and print its effective caps")
     check.add_argument("file")
     check.set_defaults(handler=cmd_policy)
+    add_simulate_parser(sub)

@@ -212,7 +212,7 @@ class PartitionLedger:
                 else:
                     heapq.heappush(self._heap, (value["we"] + grace + late, "expire", key))
             elif kind == "m":
-                heapq.heappush(self._heap, (value["we"] + grace, "expire", key))
+                heapq.heappush(self._heap, (value["we"] + grace + late, "expire", key))
             pending.extend(Pending(key, Outbound.from_json(o)) for o in value.get("ob", ()))
         return pending
 
@@ -516,7 +516,9 @@ class PartitionLedger:
         )
         marker["ob"].append(alert.to_json())
         self.state.put(key, marker)
-        heapq.heappush(self._heap, (day + DAY_MS + self.settings.grace_ms, "expire", key))
+        # Kept as long as the day's windows can be amended, so a late call cannot alert twice.
+        expire = day + DAY_MS + self.settings.grace_ms + self.settings.late_horizon_ms
+        heapq.heappush(self._heap, (expire, "expire", key))
         self._pending_markers.append(Pending(key, alert))
 
     # -- watermark -----------------------------------------------------------------------------

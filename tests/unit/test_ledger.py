@@ -410,3 +410,23 @@ def test_current_cap_usage_follows_the_newest_open_window(policy: Policy) -> Non
     recovered = new_ledger(policy, store)
     recovered.bootstrap(store.items())
     assert recovered.usage == ledger.usage
+
+
+def test_a_late_call_does_not_raise_a_day_alert_twice(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    day = 24 * 60
+    out: list[Pending] = []
+    for offset, call in enumerate(
+        [
+            ev("u1", 10 * 60, "ghost"),
+            ev("u2", day + 2, "ghost"),  # the next day: its own alert
+            ev("u3", 23 * 60, "ghost"),  # late, in the first day again
+        ]
+    ):
+        sent = run(ledger, offset, [call], NOW).outbox
+        ledger.acknowledge(sent)  # published, so nothing pins the state
+        out += sent
+    ids = [a["id"] for a in alerts_of(out) if a["kind"] == "unknown_app"]
+    assert len(ids) == 2
+    assert len(set(ids)) == 2
