@@ -9,8 +9,10 @@ from collections.abc import Mapping
 
 from meter.adapters.broker import port_open
 from meter.adapters.policy_file import read_policy
+from meter.adapters.sinks.settings import SinkSettings, add_sink_arguments
 from meter.config import BrokerSettings, WorkerSettings
 from meter.core.errors import ConfigError
+from meter.demo import add_demo_parser
 from meter.sim.command import add_simulate_parser
 
 log = logging.getLogger("meter")
@@ -44,9 +46,10 @@ def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from meter.adapters.runner import run_worker  # noqa: PLC0415 - imports faust
 
     settings = WorkerSettings.load(vars(args), env)
+    sinks = SinkSettings.load(vars(args), env)
     policy = read_policy(settings.policy)
     bootstrap = resolve_bootstrap(settings.bootstrap, env)
-    return run_worker(settings, policy, bootstrap, verbose=bool(args.verbose))
+    return run_worker(settings, policy, bootstrap, verbose=bool(args.verbose), sinks=sinks)
 
 
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,6 +78,7 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add("--tick", help="outbox reconciliation tick (METER_TICK, 5s)")
     add("--replication", help="replication factor of topics it creates (METER_REPLICATION, 1)")
     add("--metrics-max-apps", help="apps with their own cap series (METER_METRICS_MAX_APPS, 100)")
+    add_sink_arguments(p)
     p.set_defaults(handler=cmd_worker)
 
 
@@ -87,3 +91,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.add_argument("file")
     check.set_defaults(handler=cmd_policy)
     add_simulate_parser(sub)
+    add_demo_parser(sub)

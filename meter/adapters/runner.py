@@ -7,6 +7,7 @@ import logging
 import faust
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from meter.adapters.sinks import SinkService, SinkSettings, is_enabled
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.topics import TopicSpec, ensure_topics, partition_counts
 from meter.adapters.worker import MeterWorker
@@ -51,7 +52,14 @@ def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
     return counts
 
 
-def run_worker(settings: WorkerSettings, policy: Policy, bootstrap: str, *, verbose: bool) -> int:
+def run_worker(
+    settings: WorkerSettings,
+    policy: Policy,
+    bootstrap: str,
+    *,
+    verbose: bool,
+    sinks: SinkSettings | None = None,
+) -> int:
     counts = prepare_topics(settings, bootstrap)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # `_created` series double the scrape size and nobody graphs them.
@@ -59,6 +67,12 @@ def run_worker(settings: WorkerSettings, policy: Policy, bootstrap: str, *, verb
     telemetry = Telemetry(CollectorRegistry(), policy, settings.metrics_max_apps)
     worker = MeterWorker(settings, policy, bootstrap, telemetry)
     worker.out_partitions.update(counts)
+    if sinks is not None and is_enabled(sinks):
+        # Each sink reads the alerts topic in its own consumer group: a slow or failing sink
+        # lags on its own and never slows counting.
+        SinkService(sinks, telemetry.registry).attach(
+            worker.app, bootstrap, settings.alerts_topic, settings.group
+        )
     log.info(
         "worker %s: input %s, %d partitions, store %s at %s, metrics http://%s:%d/metrics",
         settings.group,

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import faust
+from faust.streams import _current_event
 from faust.types import TP
 
 from meter.adapters.outbox import ID_HEADER, already_published
@@ -221,6 +223,10 @@ class MeterWorker:
             ledger = await self._bootstrap(partition)
         if self.ledgers.get(partition) is not ledger:
             return  # revoked while bootstrapping: the new owner replays these events
+        # faust's table reads and writes go to the partition of the current event: make it this
+        # one, for this task only. (Stream._set_current_event would also overwrite the stream's
+        # own current_event, which take_events' background filler reads: events got swapped.)
+        _current_event.set(weakref.ref(events[-1]))
         now_ms = int(self.clock() * 1000)
         for event in events:
             msg = event.message
@@ -232,8 +238,6 @@ class MeterWorker:
             self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
             if applied.outbox:
                 self.unsent.setdefault(partition, []).extend(applied.outbox)
-        # Table writes go to the changelog partition of the current event: make it this one.
-        stream._set_current_event(events[-1])
         ledger.flush()
         if self.unsent.get(partition):
             await self._publish(partition, ledger)

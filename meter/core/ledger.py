@@ -249,6 +249,7 @@ class PartitionLedger:
         ids = self._ids
         self._last_offset = max(self._last_offset, offset)
         accepted: list[ApiCall] = []
+        fresh = 0
         for ev in events:
             dkey = f"{ev.app_id}|{ev.id}"
             if dkey in seen_here:
@@ -257,7 +258,12 @@ class PartitionLedger:
             seen_here.add(dkey)
             known = ids.get(dkey)
             if known is None:
+                fresh += 1
                 ids[dkey] = offset
+                org = self.policy.org_of(ev.app_id, ev.org_id)
+                if org is not None:
+                    stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
+                    stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
                 bucket = ev.time_ms // _DEDUP_BUCKET_MS
                 self._new_ids.setdefault(bucket, {})[dkey] = offset
                 self._bucket_ids.setdefault(bucket, []).append(dkey)
@@ -265,7 +271,7 @@ class PartitionLedger:
                 stats.duplicates += 1
                 continue
             accepted.append(ev)
-        stats.events = len(accepted)
+        stats.events = fresh  # events of a replayed record were counted the first time
         self._count(accepted, offset, wm, touched, skipped, stats, now_ms)
 
         outbox: list[Pending] = []
@@ -309,9 +315,6 @@ class PartitionLedger:
         groups: dict[tuple[str, str, int, int], list[ApiCall]] = {}
         for ev in events:
             org = policy.org_of(ev.app_id, ev.org_id)
-            if org is not None:
-                stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
-                stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
             for i, spec in enumerate(windows):
                 start = spec.bucket(ev.time_ms).start_ms
                 groups.setdefault(("app", ev.app_id, i, start), []).append(ev)

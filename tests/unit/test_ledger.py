@@ -139,8 +139,9 @@ def test_replaying_a_record_changes_nothing(policy: Policy) -> None:
     again = run(ledger, 5, batch, NOW)
     assert store.data == snapshot
     assert again.outbox == []
-    assert again.stats.events == 9  # ids recognised as this very record, not as duplicates
-    assert again.stats.duplicates == 0
+    assert again.stats.events == 0  # counted the first time, not again
+    assert again.stats.duplicates == 0  # ids recognised as this very record, not as repeats
+    assert again.stats.calls_by_org == {}
     assert {(a["cap"], a["threshold"]) for a in alerts_of(first.outbox)} == {
         ("tier:std:calls-15m", 0.8),  # 9 calls >= 80% of 10
         ("org:acme:records-1h", 0.8),  # 90 records >= 80% of 100

@@ -1,0 +1,259 @@
+"""`meter demo`: the 2022 case end to end on this machine, checked against the ground truth.
+
+Starts the local broker unless one is configured, a worker with the bundled demo policy, replays
+a year of the eight-app organisation's traffic compressed into a couple of minutes, prints each
+alert as it fires, and ends with a comparison of the meter's outputs with the simulator's truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from meter.adapters.broker import BrokerLayout, LocalBroker, port_open
+from meter.adapters.topics import TopicSpec, ensure_topics
+from meter.config import BrokerSettings, default_state_dir, duration_ms, setting
+from meter.core.errors import MeterError
+from meter.sim.compare import compare
+from meter.sim.truth import load_truth
+
+DEMO_POLICY = Path(__file__).resolve().parent / "examples" / "demo-2022.yaml"
+GRACE = "60s"
+
+
+def out(line: str) -> None:
+    """Demo output: one line, clearing a progress bar the simulator may have drawn."""
+    sys.stdout.write(f"\r\x1b[K{line}\n" if sys.stdout.isatty() else f"{line}\n")
+    sys.stdout.flush()
+
+
+def describe_alert(a: Mapping[str, Any]) -> str:
+    """One readable line per alert."""
+    when = str(a.get("crossed_at", ""))[:16].replace("T", " ")
+    who = f"{a['subject_type']} {a['subject']}"
+    sev = str(a.get("severity", "")).upper()
+    late = " (late)" if a.get("late") else ""
+    if a["kind"] == "cap":
+        pct = round(float(a["threshold"]) * 100)
+        window = a["window"]
+        return (
+            f"{when}  {sev:<8} {who} reached {pct}% of {a['cap']}: {a['used']:,}/{a['limit']:,} "
+            f"{a['metric']} in {window['size']} from {window['start'][:16].replace('T', ' ')}{late}"
+        )
+    if a["kind"] == "restricted_use":
+        return (
+            f"{when}  {sev:<8} {who}: app {a.get('app_id')} sent data to a "
+            f"{a.get('recipient')} recipient without a recorded notice{late}"
+        )
+    return f"{when}  {sev:<8} unknown app {a['subject']} is calling the API{late}"
+
+
+class AlertTail(threading.Thread):
+    """Reads the alerts topic while the demo runs, printing each alert once as it arrives."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.alerts: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        consumer = KafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        try:
+            while not self.stopping.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for r in records:
+                        alert = json.loads(r.value)
+                        self.alerts.append(alert)
+                        out(describe_alert(alert))
+        finally:
+            consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Every JSON value on `topic`, read until nothing new arrives for `idle_s`."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    values: list[dict[str, Any]] = []
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < idle_s:
+            batch = consumer.poll(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                values.extend(json.loads(r.value) for r in records)
+            if batch:
+                quiet_since = time.monotonic()
+    finally:
+        consumer.close()
+    return values
+
+
+def metric(url: str, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own loopback URL
+            text = resp.read().decode()
+    except OSError:
+        return None
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def kafka_for_demo(env: Mapping[str, str]) -> Iterator[str]:
+    """The configured Kafka, or the local broker (started here, and stopped at the end)."""
+    configured = env.get("METER_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    s = BrokerSettings.load({}, env)
+    broker = LocalBroker(BrokerLayout(s.home, s.state, s.host, s.port, s.controller_port))
+    started = False
+    if not port_open(s.host, s.port):
+        out(f"starting the local Kafka broker on {s.host}:{s.port} ...")
+        started = broker.start()
+    try:
+        yield f"{s.host}:{s.port}"
+    finally:
+        if started:
+            broker.stop()
+            out("local Kafka broker stopped")
+
+
+def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    calls = setting(vars(args), env, "calls", "METER_DEMO_CALLS", 200_000, int)
+    web_port = setting(vars(args), env, "web_port", "METER_WEB_PORT", 6066, int)
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    state = default_state_dir(env) / "demo" / run_id
+    names = {k: f"demo-{run_id}-{k}" for k in ("api-calls", "alerts", "windows", "dlq")}
+    worker: subprocess.Popen[bytes] | None = None
+    tail: AlertTail | None = None
+    with kafka_for_demo(env) as bootstrap:
+        try:
+            # One input partition: a year compressed into minutes turns any skew between input
+            # partitions into hours of event time, past the dedup and late horizons.
+            ensure_topics(bootstrap, [TopicSpec(names["api-calls"], 1)])
+            worker_env = dict(
+                os.environ,
+                METER_KAFKA_BOOTSTRAP=bootstrap,
+                METER_POLICY=str(DEMO_POLICY),
+                METER_INPUT_TOPIC=names["api-calls"],
+                METER_ALERTS_TOPIC=names["alerts"],
+                METER_WINDOWS_TOPIC=names["windows"],
+                METER_DLQ_TOPIC=names["dlq"],
+                METER_GROUP=f"meter-demo-{run_id}",
+                METER_DATA_DIR=str(state / "worker"),
+                METER_WEB_PORT=str(web_port),
+                METER_GRACE=GRACE,
+            )
+            state.mkdir(parents=True, exist_ok=True)
+            log_path = state / "worker.log"
+            with log_path.open("wb") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "meter.cli", "worker"],
+                    env=worker_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+            out(f"worker started (log {log_path}); metrics at {metrics_url}")
+            _wait(lambda: metric(metrics_url, "meter_events_total") is not None, worker, 120)
+            tail = AlertTail(bootstrap, names["alerts"])
+            tail.start()
+            truth_path = state / "truth.json"
+            out(f"replaying 2022 for the eight-app organisation: {calls:,} calls ...")
+            sim = subprocess.run(
+                [
+                    sys.executable, "-m", "meter.cli", "simulate",
+                    "--bootstrap", bootstrap, "--topic", names["api-calls"],
+                    "--policy", str(DEMO_POLICY), "--calls", str(calls), "--unknown", "0.0002",
+                    "--truth", str(truth_path), "--progress",
+                ],
+                env=worker_env,
+                check=False,
+            )  # fmt: skip
+            if sim.returncode != 0:
+                out("the simulator failed")
+                return 1
+            truth = load_truth(truth_path)
+            expected = int(truth.sent["calls"])
+            out(f"all sent; waiting for the worker to count {expected:,} calls ...")
+            _wait(lambda: (metric(metrics_url, "meter_events_total") or 0) >= expected, worker, 600)
+            windows = read_topic(bootstrap, names["windows"])
+            time.sleep(2)  # the last alerts of the last batch
+            tail.stopping.set()
+            tail.join(timeout=10)
+            result = compare(truth, windows, tail.alerts, grace_ms=duration_ms(GRACE))
+            out("")
+            out(_summary(truth.sent, metrics_url, len(windows), len(tail.alerts)))
+            out(result.summary())
+            out("the meter agrees with the ground truth" if result.ok else "MISMATCH")
+            return 0 if result.ok else 1
+        except KeyboardInterrupt:
+            out("interrupted: stopping everything the demo started")
+            return 130
+        finally:
+            if tail is not None:
+                tail.stopping.set()
+            if worker is not None and worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait()
+
+
+def _wait(check: Any, worker: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if worker.poll() is not None:
+            raise MeterError(f"the worker exited with status {worker.returncode}; see its log")
+        if time.monotonic() > deadline:
+            raise MeterError("timed out waiting for the worker")
+        time.sleep(0.5)
+
+
+def _summary(sent: Mapping[str, Any], metrics_url: str, windows: int, alerts: int) -> str:
+    repeats = int(metric(metrics_url, "meter_duplicate_events_total") or 0)
+    return (
+        f"sent {sent['events']:,} events ({sent['calls']:,} calls, {sent['duplicates']:,} "
+        f"retries, {sent['malformed']:,} malformed records, {sent['late']:,} late); the meter "
+        f"counted each call once (dropped {repeats:,} repeats), published {windows:,} window "
+        f"records and {alerts:,} alerts"
+    )
+
+
+def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="replay the 2022 case on a local broker and check the meter against ground truth",
+        description="Start a local broker (unless METER_KAFKA_BOOTSTRAP is set) and a worker, "
+        "replay a year of the eight-app organisation's calls, print alerts as they fire, and "
+        "compare the meter's totals and alerts with the simulator's ground truth. Ctrl-C stops "
+        "everything it started.",
+    )
+    p.add_argument("--calls", help="calls to replay (METER_DEMO_CALLS, 200000)")
+    p.add_argument("--web-port", help="worker metrics port (METER_WEB_PORT, 6066)")
+    p.set_defaults(handler=run_demo)
