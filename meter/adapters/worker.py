@@ -279,6 +279,10 @@ class MeterWorker:
 
     async def _publish(self, partition: int, ledger: PartitionLedger) -> None:
         batch = self.unsent.pop(partition, [])
+        # The state that holds these records in its outbox must be in the changelog before they
+        # are published: otherwise a crash could leave them published and the state without
+        # them, and a new owner (restored from the changelog) would publish them again.
+        await self.app.producer.flush()
         futures = []
         for p in batch:
             topic = self.alerts if p.record.kind == ALERTS else self.windows
