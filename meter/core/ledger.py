@@ -110,9 +110,6 @@ class Stats:
     replayed: int = 0
     late: int = 0
     unknown_app: int = 0
-    alerts: int = 0
-    windows_closed: int = 0
-    amendments: int = 0
     calls_by_org: dict[str, int] = field(default_factory=dict)
     records_by_org: dict[str, int] = field(default_factory=dict)
 
@@ -249,7 +246,7 @@ class PartitionLedger:
         ids = self._ids
         self._last_offset = max(self._last_offset, offset)
         accepted: list[ApiCall] = []
-        fresh = 0
+        fresh: set[int] = set()  # id() of events first counted by this record (not a replay)
         for ev in events:
             dkey = f"{ev.app_id}|{ev.id}"
             if dkey in seen_here:
@@ -258,12 +255,8 @@ class PartitionLedger:
             seen_here.add(dkey)
             known = ids.get(dkey)
             if known is None:
-                fresh += 1
+                fresh.add(id(ev))
                 ids[dkey] = offset
-                org = self.policy.org_of(ev.app_id, ev.org_id)
-                if org is not None:
-                    stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
-                    stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
                 bucket = ev.time_ms // _DEDUP_BUCKET_MS
                 self._new_ids.setdefault(bucket, {})[dkey] = offset
                 self._bucket_ids.setdefault(bucket, []).append(dkey)
@@ -271,15 +264,14 @@ class PartitionLedger:
                 stats.duplicates += 1
                 continue
             accepted.append(ev)
-        stats.events = fresh  # events of a replayed record were counted the first time
-        self._count(accepted, offset, wm, touched, skipped, stats, now_ms)
+        stats.events = len(fresh)  # events of a replayed record were counted the first time
+        self._count(accepted, fresh, offset, wm, touched, skipped, stats, now_ms)
 
         outbox: list[Pending] = []
         for key, slot in touched.items():
             new: list[Json] = slot.pop("_new", [])
             if slot.pop("_late", False):
                 slot["rev"] += 1
-                stats.amendments += 1
                 amendment = self._window_record(slot, now_ms).to_json()
                 slot["ob"].append(amendment)
                 new.append(amendment)
@@ -294,13 +286,13 @@ class PartitionLedger:
             if wm is None or top > wm:
                 self.watermark_ms = top
                 self.state.put(self._meta_key, {"p": self.partition, "wm": top})
-        outbox.extend(self._advance(offset, now_ms, stats))
-        stats.alerts = sum(1 for p in outbox if p.record.kind != WINDOWS)
+        outbox.extend(self._advance(offset, now_ms))
         return Applied(outbox, stats)
 
     def _count(
         self,
         events: list[ApiCall],
+        fresh: set[int],
         offset: int,
         wm: int | None,
         touched: dict[str, Json],
@@ -315,13 +307,17 @@ class PartitionLedger:
         groups: dict[tuple[str, str, int, int], list[ApiCall]] = {}
         for ev in events:
             org = policy.org_of(ev.app_id, ev.org_id)
+            first_time = id(ev) in fresh
+            if first_time and org is not None:
+                stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
+                stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
             for i, spec in enumerate(windows):
                 start = spec.bucket(ev.time_ms).start_ms
                 groups.setdefault(("app", ev.app_id, i, start), []).append(ev)
                 if org is not None:
                     groups.setdefault(("org", org, i, start), []).append(ev)
             if not policy.known_app(ev.app_id):
-                stats.unknown_app += 1
+                stats.unknown_app += first_time
                 self._marker("unknown_app", "warning", "app", ev.app_id, org, ev, wm, now_ms, {})
             if ev.recipient is not None:
                 self._check_recipient(ev, org, wm, now_ms)
@@ -525,7 +521,7 @@ class PartitionLedger:
         self._pending_markers.append(Pending(key, alert))
 
     # -- watermark -----------------------------------------------------------------------------
-    def _advance(self, offset: int, now_ms: int, stats: Stats) -> list[Pending]:
+    def _advance(self, offset: int, now_ms: int) -> list[Pending]:
         """Close windows and expire state the watermark has passed."""
         out: list[Pending] = self._pending_markers
         self._pending_markers = []
@@ -548,7 +544,6 @@ class PartitionLedger:
                 value["ob"].append(record.to_json())
                 self.state.put(key, value)
                 out.append(Pending(key, record))
-                stats.windows_closed += 1
                 due = value["we"] + self.settings.grace_ms + self.settings.late_horizon_ms
                 heapq.heappush(heap, (due, "expire", key))
             elif value.get("ob"):

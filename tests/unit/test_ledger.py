@@ -359,6 +359,8 @@ def test_unknown_app_is_counted_and_alerted_once_per_day(policy: Policy) -> None
     store = JsonStore()
     ledger = new_ledger(policy, store)
     r1 = run(ledger, 0, [ev("u1", 1, "ghost", org_id="shadow"), ev("u2", 2, "ghost")], NOW)
+    replay = run(ledger, 0, [ev("u1", 1, "ghost", org_id="shadow"), ev("u2", 2, "ghost")], NOW)
+    assert (replay.stats.events, replay.stats.unknown_app) == (0, 0)  # counted the first time
     r2 = run(ledger, 1, [ev("u3", 3, "ghost")], NOW)
     r3 = run(ledger, 2, [ev("u4", 60 * 24 + 1, "ghost")], NOW)
     kinds = [
