@@ -1,0 +1,150 @@
+"""Chaos runner: the recovery scenario under many random failures, run on demand (not in CI).
+
+    python -m tests.integration.chaos --rounds 10 [--bootstrap 127.0.0.1:9092] [--seed N]
+
+Each round produces a stream of batches (with gateway retries: repeated ids) to a fresh
+deployment while workers are SIGKILLed at random moments and restarted (with their data dir or a
+new one), stopped cleanly, or added (one to three workers at a time). Afterwards every window's
+final totals must be exact and every alert published exactly once (`finish_and_check`). A failed
+round keeps its work dir (worker logs, data dirs) and names its topics; the exit status is the
+number of failed rounds. Without --bootstrap a local broker is started for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from meter.adapters.broker import BrokerLayout, LocalBroker
+from tests.integration.recovery_case import (
+    POLICY,
+    finish_and_check,
+    start_stream,
+    stream,
+)
+from tests.integration.worker_proc import Deployment, WorkerProcess, free_port, write_policy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _kill(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None:
+    victim = rng.choice(d.running())
+    same = rng.random() < 0.5
+    victim.kill()
+    d.evict(victim)
+    d.start_worker(data_dir=victim.data_dir if same else None, label=f"r{len(d.workers)}")
+    log(f"SIGKILL pid {victim.pid}, restarted with {'its' if same else 'a new'} data dir")
+
+
+def _stop(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None:
+    victim = rng.choice(d.running())
+    # A worker still joining the group finishes the join first: that can take until a killed
+    # member's session times out (60 s).
+    victim.stop(timeout=180)
+    log(f"stopped pid {victim.pid} cleanly")
+
+
+def _join(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None:
+    worker: WorkerProcess = d.start_worker(label=f"j{len(d.workers)}")
+    log(f"started pid {worker.pid}")
+
+
+def one_round(bootstrap: str, workdir: Path, seed: int, events: int, max_workers: int) -> None:
+    rng = random.Random(seed)
+    suffix = uuid.uuid4().hex[:8]
+    policy = write_policy(workdir / "policy.yaml", POLICY)
+    d = Deployment(bootstrap, workdir, lambda base: f"{base}-{suffix}", policy, partitions=4)
+    started = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"  {time.monotonic() - started:6.1f}s {text}", flush=True)
+
+    print(f"round: seed {seed}, group {d.group}, work dir {workdir}", flush=True)
+    try:
+        batches = stream(rng, n=events, retries=0.05)
+        sent = [ev for b in batches for ev in b]
+        for _ in range(rng.randint(1, max_workers)):
+            d.start_worker(label=f"w{len(d.workers)}")
+        producer = start_stream(d, batches, rng, pause=0.03)
+        while producer.is_alive():
+            time.sleep(rng.uniform(1.0, 5.0))
+            running = len(d.running())
+            actions = [_kill, _kill, _kill]
+            if running > 1:
+                actions.append(_stop)
+            if running < max_workers:
+                actions.append(_join)
+            rng.choice(actions)(d, rng, log)
+        producer.finish()
+        log(f"stream done: {len(batches)} records, {len(sent)} events; checking")
+        try:
+            finish_and_check(d, sent)
+        except AssertionError:
+            # What each running worker was doing: mode logs every thread's and task's stack
+            # on SIGUSR1.
+            for w in d.running():
+                os.kill(w.pid, signal.SIGUSR1)
+            time.sleep(3)
+            raise
+        log("exact: every window total and alert as expected")
+    finally:
+        d.stop_all()
+        d.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--max-workers", type=int, default=3)
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "meter-chaos")
+    args = parser.parse_args(argv)
+    seeds = random.Random(args.seed).sample(range(1 << 30), args.rounds)
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        state = Path(tempfile.mkdtemp(prefix="meter-chaos-kafka-"))
+        layout = BrokerLayout(
+            home=REPO / "deploy" / "kafka",
+            state=state,
+            port=free_port(),
+            controller_port=free_port(),
+        )
+        broker = LocalBroker(layout)
+        broker.start(timeout=120)
+        bootstrap = layout.bootstrap
+    failed = 0
+    try:
+        for i, seed in enumerate(seeds):
+            workdir = args.keep / f"round-{i}-{seed}"
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
+            try:
+                one_round(bootstrap, workdir, seed, args.events, args.max_workers)
+            except Exception:
+                failed += 1
+                traceback.print_exc()
+                print(f"FAILED round {i} (seed {seed}); logs and data in {workdir}", flush=True)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(f"{args.rounds - failed} of {args.rounds} rounds exact", flush=True)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
