@@ -69,7 +69,10 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add("--group", help="consumer group and app id (METER_GROUP, meter)")
     add("--partitions", help="partitions of topics it creates (METER_PARTITIONS, 4)")
     add("--grace", help="event-time grace before a window closes (METER_GRACE, 60s)")
-    add("--dedup-horizon", help="how long event ids are remembered (METER_DEDUP_HORIZON, 1h)")
+    add(
+        "--dedup-horizon",
+        help="how long event ids are remembered, in ingest time (METER_DEDUP_HORIZON, 1h)",
+    )
     add("--late-horizon", help="how long closed windows stay amendable (METER_LATE_HORIZON, 1d)")
     add("--store", help="state store: rocksdb or memory (METER_STORE, rocksdb)")
     add("--data-dir", help="state directory (METER_DATA_DIR, var/worker/<group>-<port>)")

@@ -151,7 +151,7 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     with kafka_for_demo(env) as bootstrap:
         try:
             # One input partition: a year compressed into minutes turns any skew between input
-            # partitions into hours of event time, past the dedup and late horizons.
+            # partitions into hours of event time, past the late horizon.
             ensure_topics(bootstrap, [TopicSpec(names["api-calls"], 1)])
             worker_env = dict(
                 os.environ,

@@ -26,8 +26,12 @@ def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
     def keep(days: int) -> dict[str, str]:
         return {"retention.ms": str(days * DAY_MS)}
 
+    # The broker's clock stamps input records: ids are remembered by that ingest time, which a
+    # gateway's clock then cannot skew. (An input topic created elsewhere keeps its own setting;
+    # record timestamps later than the worker's clock are capped at it.)
+    arrival = {"message.timestamp.type": "LogAppendTime"}
     return [
-        TopicSpec(s.input_topic, s.partitions, keep(7)),
+        TopicSpec(s.input_topic, s.partitions, keep(7) | arrival),
         TopicSpec(s.routed_topic, s.partitions, keep(7)),
         TopicSpec(s.changelog_topic, s.partitions, {"cleanup.policy": "compact"}),
         TopicSpec(s.dlq_topic, s.partitions, keep(30)),

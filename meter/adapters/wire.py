@@ -1,12 +1,14 @@
 """Wire formats between the worker's two stages, and of the dead-letter topic.
 
-Routed records carry already validated events of one organisation, as compact JSON arrays.
+Routed records carry already validated events of one organisation, as compact JSON arrays, and
+their ingest time: the newest timestamp of the input records they came from.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from meter.core.events import ApiCall, Rejection
 
@@ -14,7 +16,13 @@ TICK = b'{"tick":1}'
 MAX_DLQ_REASONS = 100
 
 
-def encode_routed(events: Sequence[ApiCall]) -> bytes:
+class Routed(NamedTuple):
+    events: list[ApiCall]
+    ingest_ms: int | None
+    """None in records written before meter carried it: use the routed record's timestamp."""
+
+
+def encode_routed(events: Sequence[ApiCall], ingest_ms: int) -> bytes:
     rows = [
         [
             e.id,
@@ -29,16 +37,16 @@ def encode_routed(events: Sequence[ApiCall]) -> bytes:
         ]
         for e in events
     ]
-    return json.dumps({"e": rows}, separators=(",", ":")).encode()
+    return json.dumps({"e": rows, "i": ingest_ms}, separators=(",", ":")).encode()
 
 
-def decode_routed(value: bytes) -> list[ApiCall] | None:
-    """The events of a routed record; None for a tick (a control record that carries no events)."""
+def decode_routed(value: bytes) -> Routed | None:
+    """A routed record's events and ingest time; None for a tick (a control record)."""
     doc = json.loads(value)
     rows = doc.get("e")
     if rows is None:
         return None
-    return [ApiCall(*row) for row in rows]
+    return Routed([ApiCall(*row) for row in rows], doc.get("i"))
 
 
 def dlq_headers(

@@ -97,6 +97,14 @@ def header_pairs(headers: Any) -> list[tuple[str, bytes]]:
     return list(headers)
 
 
+def ingest_time(timestamp_s: float | None, now_ms: int) -> int:
+    """When an input record reached Kafka (its timestamp), never later than now: a producer
+    with a clock running ahead must not make the dedup memory forget ids early."""
+    if not timestamp_s or timestamp_s < 0:
+        return now_ms
+    return min(int(timestamp_s * 1000), now_ms)
+
+
 def routing_key(policy: Policy, event: ApiCall) -> str:
     """All events of one organisation meet on one partition: org totals need one owner."""
     org = policy.org_of(event.app_id, event.org_id)
@@ -186,8 +194,11 @@ class MeterWorker:
         async for batch in stream.take_events(ROUTE_BATCH, within=BATCH_WAIT_S):
             try:
                 by_key: dict[str, list[ApiCall]] = {}
+                now_ms = int(self.clock() * 1000)
+                ingest_ms = 0
                 for event in batch:
                     msg = event.message
+                    ingest_ms = max(ingest_ms, ingest_time(msg.timestamp, now_ms))
                     decoded = decode_record(msg.value, header_pairs(msg.headers))
                     if decoded.rejections:
                         self._dead_letter(msg, decoded.rejections)
@@ -196,8 +207,9 @@ class MeterWorker:
                 # One routed record per organisation per batch: the counter's cost is per record.
                 for key, events in by_key.items():
                     for i in range(0, len(events), MAX_ROUTED_EVENTS):
+                        chunk = events[i : i + MAX_ROUTED_EVENTS]
                         await self.routed.send(
-                            key=key.encode(), value=encode_routed(events[i : i + MAX_ROUTED_EVENTS])
+                            key=key.encode(), value=encode_routed(chunk, ingest_ms)
                         )
             except Exception as exc:
                 _die("route", exc)
@@ -245,11 +257,15 @@ class MeterWorker:
         now_ms = int(self.clock() * 1000)
         for event in events:
             msg = event.message
-            calls = decode_routed(msg.value or TICK)
-            if calls is None:
+            routed = decode_routed(msg.value or TICK)
+            if routed is None:
                 continue
+            calls = routed.events
+            ingest_ms = routed.ingest_ms
+            if ingest_ms is None:
+                ingest_ms = ingest_time(msg.timestamp, now_ms)
             started = time.perf_counter()
-            applied = ledger.apply(msg.offset, calls, now_ms)
+            applied = ledger.apply(msg.offset, calls, now_ms, ingest_ms)
             self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
             if applied.outbox:
                 self.unsent.setdefault(partition, []).extend(applied.outbox)

@@ -6,6 +6,10 @@ it. All the events of one subject arrive on one partition in offset order, so a 
 offset is not above a key's `off` has already been applied to that key and is skipped for it.
 Records to publish sit in the key's outbox (`ob`) until the adapter confirms they were sent.
 
+Deduplication of repeated event ids runs on ingest time (when the call's record reached Kafka),
+not event time: a retry or a re-sent record arrives soon after the original however old the
+call's event time is, so a late call is recognised just as well as a current one.
+
 State is cached in memory and written back by `flush()`: the adapter flushes before it publishes
 the outbox and before it lets the source offsets be committed.
 """
@@ -94,7 +98,8 @@ class LedgerSettings:
     grace_ms: int = 60_000
     """Event-time delay after a window's end before it closes (late events after that amend it)."""
     dedup_horizon_ms: int = 3_600_000
-    """How long (in event time behind the watermark) an event id is remembered for deduplication."""
+    """How long an event id is remembered for deduplication, in ingest time: behind the newest
+    ingest timestamp this partition has seen."""
     late_horizon_ms: int = DAY_MS
     """How long a closed window's totals are kept after close, so late events amend real totals."""
     max_endpoints: int = 200
@@ -173,6 +178,9 @@ class PartitionLedger:
         self.settings = settings
         self.state = WriteBackCache(store)
         self.watermark_ms: int | None = None
+        """The event-time watermark: the newest event time seen. Windows close on it."""
+        self.ingest_ms: int | None = None
+        """The newest ingest time seen. Event ids are forgotten on it."""
         self._meta_key = f"w|{partition}"
         self._heap: list[tuple[int, str, str]] = []  # (due_ms, action, key)
         self._ids: dict[str, int] = {}  # "app|id" -> the offset of the record that counted it
@@ -197,6 +205,7 @@ class PartitionLedger:
             kind = key[0]
             if kind == "w":
                 self.watermark_ms = value["wm"]
+                self.ingest_ms = value.get("im")
             elif kind == "d":
                 ids: dict[str, int] = value["ids"]
                 self._ids.update(ids)
@@ -235,9 +244,11 @@ class PartitionLedger:
         return self.state.flush()
 
     # -- counting ------------------------------------------------------------------------------
-    def apply(self, offset: int, events: Sequence[ApiCall], now_ms: int) -> Applied:
+    def apply(self, offset: int, events: Sequence[ApiCall], now_ms: int, ingest_ms: int) -> Applied:
         """Fold the events of the source record at `offset` into the state, then close windows the
-        watermark has passed. Idempotent: applying the same offset again changes nothing."""
+        watermark has passed. `ingest_ms` is when the events reached Kafka (the newest of their
+        input records' timestamps): ids are remembered by it. Idempotent: applying the same
+        offset again changes nothing."""
         stats = Stats()
         touched: dict[str, Json] = {}
         skipped: set[str] = set()
@@ -247,6 +258,7 @@ class PartitionLedger:
         self._last_offset = max(self._last_offset, offset)
         accepted: list[ApiCall] = []
         fresh: set[int] = set()  # id() of events first counted by this record (not a replay)
+        bucket = ingest_ms // _DEDUP_BUCKET_MS
         for ev in events:
             dkey = f"{ev.app_id}|{ev.id}"
             if dkey in seen_here:
@@ -257,7 +269,6 @@ class PartitionLedger:
             if known is None:
                 fresh.add(id(ev))
                 ids[dkey] = offset
-                bucket = ev.time_ms // _DEDUP_BUCKET_MS
                 self._new_ids.setdefault(bucket, {})[dkey] = offset
                 self._bucket_ids.setdefault(bucket, []).append(dkey)
             elif known != offset:  # counted by another record: a retry or a re-sent event
@@ -281,11 +292,19 @@ class PartitionLedger:
                 self._track_usage(slot)
             outbox.extend(Pending(key, Outbound.from_json(o)) for o in new)
         stats.replayed = len(skipped)
+        moved = False
         if events:
             top = max(ev.time_ms for ev in events)
             if wm is None or top > wm:
                 self.watermark_ms = top
-                self.state.put(self._meta_key, {"p": self.partition, "wm": top})
+                moved = True
+        if self.ingest_ms is None or ingest_ms > self.ingest_ms:
+            self.ingest_ms = ingest_ms
+            self._forget_ids(ingest_ms - self.settings.dedup_horizon_ms)
+            moved = True
+        if moved:
+            meta = {"p": self.partition, "wm": self.watermark_ms, "im": self.ingest_ms}
+            self.state.put(self._meta_key, meta)
         outbox.extend(self._advance(offset, now_ms))
         return Applied(outbox, stats)
 
@@ -550,14 +569,16 @@ class PartitionLedger:
                 heapq.heappush(heap, (wm + _DEDUP_BUCKET_MS, "expire", key))  # unsent: keep
             else:
                 self.state.delete(key)
-        horizon = wm - self.settings.dedup_horizon_ms
+        return out
+
+    def _forget_ids(self, horizon: int) -> None:
+        """Drop the ids of ingest-time buckets that ended before `horizon`."""
         for bucket in [b for b in self._bucket_ids if (b + 1) * _DEDUP_BUCKET_MS <= horizon]:
             for dkey in self._bucket_ids.pop(bucket):
                 self._ids.pop(dkey, None)
             self._new_ids.pop(bucket, None)
             for key in self._bucket_blocks.pop(bucket, ()):
                 self.state.delete(key)
-        return out
 
     def _track_usage(self, slot: Json) -> None:
         for cap, _ in self._caps_for(slot["st"], slot["sub"]).get(slot["w"], ()):

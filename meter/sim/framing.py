@@ -23,7 +23,8 @@ Render = Callable[[Item, Call], tuple[bytes, Headers]]
 
 
 class Message(NamedTuple):
-    """One Kafka record. `barrier`: send it only once everything before it is acknowledged."""
+    """One Kafka record. `barrier`: send it only once everything before it is acknowledged.
+    `send_ms`: when the scenario sends it (simulated time)."""
 
     key: bytes | None
     value: bytes
@@ -31,6 +32,7 @@ class Message(NamedTuple):
     events: int
     malformed: int
     barrier: bool = False
+    send_ms: int = 0
 
 
 class _Keys:
@@ -88,7 +90,7 @@ def frame(
 def _malformed(item: Item, keys: _Keys) -> Message:
     bad = item.bad
     assert bad is not None
-    return Message(keys(item), bad.value, list(bad.headers), 0, 1)
+    return Message(keys(item), bad.value, list(bad.headers), 0, 1, send_ms=item.send_ms)
 
 
 def _data_json(call: Call) -> str:
@@ -154,7 +156,7 @@ def _singles(items: Iterable[Item], keys: _Keys, render: Render) -> Iterator[Mes
         value, headers = render(item, ev)
         barrier = bool(item.flags & FLUSH) and not flushed
         flushed = flushed or barrier
-        yield Message(keys(item), value, headers, 1, 0, barrier)
+        yield Message(keys(item), value, headers, 1, 0, barrier, item.send_ms)
 
 
 def _batches(items: Iterable[Item], keys: _Keys, size: int, hold_ms: int) -> Iterator[Message]:
@@ -162,9 +164,11 @@ def _batches(items: Iterable[Item], keys: _Keys, size: int, hold_ms: int) -> Ite
     deadlines: deque[tuple[int, str, list[str]]] = deque()
     last: list[Item] = []
 
-    def emit(app: str) -> Message:
+    def emit(app: str, at: int) -> Message:
         record_key, events = buffers.pop(app)
-        return Message(record_key, f"[{','.join(events)}]".encode(), [], len(events), 0)
+        return Message(record_key, f"[{','.join(events)}]".encode(), [], len(events), 0, False, at)
+
+    now = 0
 
     for item in items:
         ev = item.event
@@ -179,7 +183,7 @@ def _batches(items: Iterable[Item], keys: _Keys, size: int, hold_ms: int) -> Ite
             _, app, events = deadlines.popleft()
             held = buffers.get(app)
             if held is not None and held[1] is events:
-                yield emit(app)
+                yield emit(app, now)
         app = item.app_id
         held = buffers.get(app)
         if held is None:
@@ -187,9 +191,10 @@ def _batches(items: Iterable[Item], keys: _Keys, size: int, hold_ms: int) -> Ite
             deadlines.append((now + hold_ms, app, held[1]))
         held[1].append(call_json(ev))
         if len(held[1]) >= size or item.flags & MARKER:
-            yield emit(app)
+            yield emit(app, now)
     for app in list(buffers):
-        yield emit(app)
+        yield emit(app, now)
     for n, item in enumerate(last):
         assert item.event is not None
-        yield Message(keys(item), f"[{call_json(item.event)}]".encode(), [], 1, 0, n == 0)
+        value = f"[{call_json(item.event)}]".encode()
+        yield Message(keys(item), value, [], 1, 0, n == 0, item.send_ms)

@@ -105,7 +105,7 @@ def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if count > 1:
             log.warning(
                 "topic %s has %d partitions: if meter's router reads them out of step, the event "
-                "time of one may run ahead of another by more than the dedup or late horizon "
+                "time of one may run ahead of another by more than the late horizon "
                 "(time is compressed), and meter's totals can differ from the truth",
                 topic,
                 count,

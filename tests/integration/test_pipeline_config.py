@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from meter.adapters.runner import prepare_topics
 from meter.adapters.topics import TopicSpec, ensure_topics
+from meter.config import WorkerSettings
 from tests.integration.worker_proc import REPO, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -110,6 +113,42 @@ def test_partitions_that_do_not_match_the_state_topics_exit_2(
     assert result.returncode == 2, result.stderr[-3000:]
     assert "--partitions / METER_PARTITIONS" in result.stderr
     assert f"{group}-routed has 2 partitions" in result.stderr
+
+
+def test_missing_topics_are_created_with_their_retention_and_timestamps(
+    tmp_path: Path, kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    s = WorkerSettings(
+        policy=tmp_path / "policy.yaml",
+        bootstrap=kafka_bootstrap,
+        input_topic=unique("calls"),
+        dlq_topic=unique("dlq"),
+        alerts_topic=unique("alerts"),
+        windows_topic=unique("windows"),
+        group=unique("meter"),
+        partitions=3,
+    )
+    counts = prepare_topics(s, kafka_bootstrap)
+    assert counts == {
+        s.routed_topic: 3,
+        s.changelog_topic: 3,
+        s.alerts_topic: 3,
+        s.windows_topic: 3,
+    }
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        names = [s.input_topic, s.changelog_topic, s.alerts_topic]
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )["topic"]
+        configs = {name: {k: v["value"] for k, v in found[name].items()} for name in names}
+    finally:
+        admin.close()
+    # ids are remembered by the time records reach the broker, whatever the gateways' clocks
+    assert configs[s.input_topic]["message.timestamp.type"] == "LogAppendTime"
+    assert configs[s.input_topic]["retention.ms"] == str(7 * 86_400_000)
+    assert configs[s.changelog_topic]["cleanup.policy"] == "compact"
+    assert configs[s.alerts_topic]["retention.ms"] == str(90 * 86_400_000)
 
 
 def test_policy_check_accepts_the_bundled_example() -> None:

@@ -87,9 +87,16 @@ def new_ledger(policy: Policy, store: JsonStore, **settings: int) -> PartitionLe
     return PartitionLedger(0, policy, s, store)
 
 
-def run(ledger: PartitionLedger, offset: int, events: list[ApiCall], now: int) -> Applied:
-    """Apply one record and flush, as the worker does before publishing and committing."""
-    applied = ledger.apply(offset, events, now)
+def run(
+    ledger: PartitionLedger,
+    offset: int,
+    events: list[ApiCall],
+    now: int,
+    ingest: int | None = None,
+) -> Applied:
+    """Apply one record and flush, as the worker does before publishing and committing. The
+    record reached Kafka at `ingest` (default: `now`)."""
+    applied = ledger.apply(offset, events, now, now if ingest is None else ingest)
     ledger.flush()
     return applied
 
@@ -154,7 +161,7 @@ def _crash_then_replay(policy: Policy, crash_after: int | None) -> tuple[JsonSto
     ledger = new_ledger(policy, store)
     run(ledger, 0, [ev("warm", 0, records=1)], NOW)
     batch = [ev(f"e{i}", 1, records=10) for i in range(9)] + [ev("x", 2, "a2", records=3)]
-    first = ledger.apply(1, batch, NOW)
+    first = ledger.apply(1, batch, NOW, NOW)
     if crash_after is None:
         ledger.flush()
         return store, first.outbox
@@ -324,18 +331,41 @@ def test_a_late_first_event_for_a_window_is_revision_one(policy: Policy) -> None
 def test_closed_windows_and_old_ids_are_removed_after_their_horizons(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store, late_horizon_ms=30 * MIN, dedup_horizon_ms=10 * MIN)
-    run(ledger, 0, [ev("a", 1)], NOW)
-    run(ledger, 1, [ev("b", 200)], NOW)  # closes everything from minute 1
+    run(ledger, 0, [ev("a", 1)], NOW, ingest=NOW)
+    run(ledger, 1, [ev("b", 200)], NOW, ingest=NOW + 5 * MIN)  # closes everything from minute 1
     ledger.acknowledge([Pending(k, r) for k, r in _outbox(store)])
     assert any(k.startswith("s|") and f"|{T0}" in k for k in store.data)  # kept until sent
-    run(ledger, 2, [ev("c", 202)], NOW)
+    run(ledger, 2, [ev("c", 202)], NOW, ingest=NOW + 12 * MIN)
     keys = set(store.data)
     assert not any(k.startswith("s|") and f"|{T0}" in k for k in keys)  # first windows expired
-    assert "a1|a" not in ledger._ids  # id older than the dedup horizon
+    assert "a1|a" not in ledger._ids  # reached Kafka more than 10 minutes before the newest
     assert "a1|b" in ledger._ids
     stored_ids = {i for k, v in store.items() if k.startswith("d|") for i in v["ids"]}
     assert stored_ids == {"a1|b", "a1|c"}
     assert any(k.startswith("s|app|a1|15m|") for k in keys)  # the current window stays
+    # Once forgotten, a repeat counts again: that is what the horizon bounds.
+    assert run(ledger, 3, [ev("a", 1)], NOW, ingest=NOW + 13 * MIN).stats.duplicates == 0
+
+
+def test_ids_are_remembered_by_ingest_time_so_a_late_call_is_deduplicated_too(
+    policy: Policy,
+) -> None:
+    """A call whose event time is far behind the watermark (here a day, ten times the dedup
+    horizon) is still recognised when it is sent again a minute later, and the memory of it
+    survives a restart."""
+    store = JsonStore()
+    ledger = new_ledger(policy, store, dedup_horizon_ms=10 * MIN)
+    run(ledger, 0, [ev("now", 24 * 60)], NOW, ingest=NOW)
+    first = run(ledger, 1, [ev("old", 1)], NOW, ingest=NOW + MIN)
+    assert first.stats.late == 1
+    again = run(ledger, 2, [ev("old", 1)], NOW, ingest=NOW + 2 * MIN)
+    assert (again.stats.events, again.stats.duplicates) == (0, 1)
+    recovered = new_ledger(policy, store, dedup_horizon_ms=10 * MIN)
+    recovered.bootstrap(store.items())
+    assert recovered.ingest_ms == NOW + 2 * MIN
+    retried = run(recovered, 3, [ev("old", 1)], NOW, ingest=NOW + 9 * MIN)
+    assert (retried.stats.events, retried.stats.duplicates) == (0, 1)
+    assert slot(store, "app", "a1", "15m", 0)["c"] == 1
 
 
 def _outbox(store: JsonStore) -> list[tuple[str, Any]]:

@@ -63,7 +63,7 @@ def run_meter(
     alerts: list[dict[str, Any]] = []
     for offset, msg in enumerate(messages):
         decoded = decode_record(msg.value, msg.headers)
-        applied = ledger.apply(offset, decoded.events, 0)
+        applied = ledger.apply(offset, decoded.events, 0, msg.send_ms)
         for pending in applied.outbox:
             (alerts if pending.record.kind == ALERTS else windows).append(pending.record.value)
         ledger.acknowledge(applied.outbox)

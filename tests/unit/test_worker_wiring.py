@@ -9,8 +9,10 @@ from prometheus_client import CollectorRegistry
 
 from meter.adapters.policy_file import read_policy
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.worker import MeterWorker
+from meter.adapters.wire import TICK, decode_routed, encode_routed
+from meter.adapters.worker import MeterWorker, ingest_time
 from meter.config import WorkerSettings
+from meter.core.events import ApiCall
 
 EXAMPLE = Path(__file__).parents[2] / "meter" / "examples" / "demo-2022.yaml"
 
@@ -32,3 +34,23 @@ def test_the_producer_is_idempotent_so_a_retried_send_is_not_written_twice(
     # idempotence is on; acks must then be "all".
     assert client._txn_manager is not None  # type: ignore[attr-defined]
     assert client._sender._acks == -1  # type: ignore[attr-defined]
+
+
+def test_ingest_time_is_the_record_timestamp_capped_at_the_workers_clock() -> None:
+    now = 1_700_000_000_000
+    assert ingest_time(1_699_999_999.5, now) == now - 500  # faust gives seconds
+    assert ingest_time(1_800_000_000.0, now) == now  # a producer clock running ahead
+    assert ingest_time(None, now) == now
+    assert ingest_time(-1.0, now) == now  # no timestamp (-1 in old message formats)
+
+
+def test_routed_records_carry_their_ingest_time() -> None:
+    call = ApiCall("c1", 1, "a1", None, "/x", 3, 200, None, None)
+    routed = decode_routed(encode_routed([call], 1234))
+    assert routed is not None
+    assert routed.events == [call]
+    assert routed.ingest_ms == 1234
+    old = decode_routed(b'{"e":[["c1",1,"a1",null,"/x",3,200,null,null]]}')
+    assert old is not None
+    assert old.ingest_ms is None  # written before the field existed
+    assert decode_routed(TICK) is None
