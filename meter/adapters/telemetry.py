@@ -76,6 +76,14 @@ class Telemetry:
             ["type"],
             registry=r,
         )
+        self.input_records = Counter(
+            "meter_input_records", "Input records routed (dead-lettered ones included)", registry=r
+        )
+        self.gap_records = Counter(
+            "meter_skipped_records_recovered",
+            "Routed records the consumer skipped (in a rebalance) that the counter read itself",
+            registry=r,
+        )
         self.processing = Histogram(
             "meter_record_processing_seconds",
             "Time to fold one routed record into the ledger",
@@ -106,6 +114,12 @@ class Telemetry:
     def rejected(self, rejections: Sequence[Rejection]) -> None:
         for rej in rejections:
             self.dead.labels(rej.reason).inc()
+
+    def routed(self, records: int) -> None:
+        self.input_records.inc(records)
+
+    def gap_filled(self, records: int) -> None:
+        self.gap_records.inc(records)
 
     def applied(self, stats: Stats, n: int, seconds: float) -> None:
         self.processing.observe(seconds)
@@ -234,11 +248,16 @@ class WorkerCollector(Collector):
             "Records not yet read per assigned partition (high watermark minus read offset)",
             labels=["topic", "partition"],
         )
+        try:
+            for partition, n in sorted(self.worker.router.lag().items()):
+                lag.add_metric([self.worker.settings.input_topic, str(partition)], n)
+        except (AttributeError, KeyError, TypeError):  # aiokafka internals: best effort
+            pass
         consumer = getattr(self.worker.app, "_consumer", None)
         if consumer is None:
             return lag
         try:
-            sources = {self.worker.settings.input_topic, self.worker.settings.routed_topic}
+            sources = {self.worker.settings.routed_topic}
             for tp in sorted(tp for tp in consumer.assignment() if tp.topic in sources):
                 high = consumer.highwater(tp)
                 read = consumer._read_offset.get(tp)

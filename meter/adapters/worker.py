@@ -1,9 +1,14 @@
-"""The faust worker: two agents wired to Kafka topics and a changelog-backed table.
+"""The worker: the router (stage 1) and the faust app that counts (stage 2).
 
-`route` decodes input records, dead-letters the bad parts and re-keys the valid events by
-organisation onto the routed topic; `count` folds routed records into each partition's
-`PartitionLedger` (state in a faust table: RocksDB plus a changelog) and publishes its outbox.
-faust's windowed tables are not used: window logic lives in the core.
+The router (`meter.adapters.router`) decodes input records, dead-letters the bad parts and re-keys
+the valid events by organisation onto the routed topic. The faust agent `count` folds each routed
+record into its partition's `PartitionLedger` (state in a faust table: RocksDB plus a changelog)
+and publishes the outbox. faust's windowed tables are not used: window logic lives in the core.
+
+faust's consumer can drop records from its buffers in a rebalance and still commit past them. The
+routed topic's offsets are contiguous (one idempotent, non-transactional producer writes it), so
+the ledger remembers the last offset it saw: a record further on than the next one reveals records
+faust skipped, and the counter reads those itself, by offset, before it goes on.
 """
 
 from __future__ import annotations
@@ -13,20 +18,19 @@ import json
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import faust
-from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.types import TP
 
+from meter.adapters.backfill import read_range
 from meter.adapters.outbox import ID_HEADER, already_published
+from meter.adapters.router import Router
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import TICK, decode_routed, dlq_headers, encode_routed
+from meter.adapters.wire import TICK, decode_routed
 from meter.config import WorkerSettings
-from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
 from meter.core.outputs import ALERTS, Json
 from meter.core.policy import Policy
@@ -59,10 +63,6 @@ class TableStore:
                 yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(raw)
 
 
-ROUTE_BATCH = 2000
-COUNT_BATCH = 2000
-MAX_ROUTED_EVENTS = 5000
-BATCH_WAIT_S = 0.02
 EXIT_PIPELINE_FAILURE = 70
 
 
@@ -87,28 +87,6 @@ def _die(stage: str, exc: BaseException) -> NoReturn:
     log.critical("stopping the worker: %s failed: %r", stage, exc, exc_info=exc)
     logging.shutdown()
     os._exit(EXIT_PIPELINE_FAILURE)
-
-
-def header_pairs(headers: Any) -> list[tuple[str, bytes]]:
-    if not headers:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
-
-
-def ingest_time(timestamp_s: float | None, now_ms: int) -> int:
-    """When an input record reached Kafka (its timestamp), never later than now: a producer
-    with a clock running ahead must not make the dedup memory forget ids early."""
-    if not timestamp_s or timestamp_s < 0:
-        return now_ms
-    return min(int(timestamp_s * 1000), now_ms)
-
-
-def routing_key(policy: Policy, event: ApiCall) -> str:
-    """All events of one organisation meet on one partition: org totals need one owner."""
-    org = policy.org_of(event.app_id, event.org_id)
-    return f"org:{org}" if org is not None else f"app:{event.app_id}"
 
 
 class MeterWorker:
@@ -162,7 +140,6 @@ class MeterWorker:
         def raw_topic(name: str, **extra: Any) -> faust.TopicT:
             return app.topic(name, key_serializer="raw", value_serializer="raw", **extra)
 
-        self.source = raw_topic(s.input_topic, allow_empty=True)
         self.routed = raw_topic(s.routed_topic, partitions=s.partitions)
         self.dlq = raw_topic(s.dlq_topic)
         self.alerts = raw_topic(s.alerts_topic)
@@ -175,7 +152,16 @@ class MeterWorker:
             value_type=bytes,
         )
         self.store = TableStore(self.table)
-        app.agent(self.source, name="route")(self._route)
+        self.topics = {
+            s.routed_topic: self.routed,
+            s.dlq_topic: self.dlq,
+            s.alerts_topic: self.alerts,
+            s.windows_topic: self.windows,
+        }
+        self.router = Router(
+            s, self.policy, self.bootstrap, self.telemetry, self._send, self.clock, _die
+        )
+        app.task(self._run_router)
         app.agent(self.routed, name="count")(self._count)
         app.timer(s.tick_ms / 1000)(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -189,89 +175,101 @@ class MeterWorker:
                 self.ledgers.pop(tp.partition, None)
                 self.unsent.pop(tp.partition, None)
 
-    # -- stage 1: decode, dead-letter, re-key --------------------------------------------------
-    async def _route(self, stream: Any) -> None:
-        async for batch in stream.take_events(ROUTE_BATCH, within=BATCH_WAIT_S):
-            try:
-                by_key: dict[str, list[ApiCall]] = {}
-                now_ms = int(self.clock() * 1000)
-                ingest_ms = 0
-                for event in batch:
-                    msg = event.message
-                    ingest_ms = max(ingest_ms, ingest_time(msg.timestamp, now_ms))
-                    decoded = decode_record(msg.value, header_pairs(msg.headers))
-                    if decoded.rejections:
-                        self._dead_letter(msg, decoded.rejections)
-                    for ev in decoded.events:
-                        by_key.setdefault(routing_key(self.policy, ev), []).append(ev)
-                # One routed record per organisation per batch: the counter's cost is per record.
-                for key, events in by_key.items():
-                    for i in range(0, len(events), MAX_ROUTED_EVENTS):
-                        chunk = events[i : i + MAX_ROUTED_EVENTS]
-                        await self.routed.send(
-                            key=key.encode(), value=encode_routed(chunk, ingest_ms)
-                        )
-            except Exception as exc:
-                _die("route", exc)
+    # -- stage 1: the router -------------------------------------------------------------------
+    async def _run_router(self) -> None:
+        try:
+            await self.router.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _die("route", exc)
 
-    def _dead_letter(self, msg: Any, rejections: list[Rejection]) -> None:
-        first = rejections[0]
-        log.warning(
-            "dead-lettered %d part(s) of %s[%d]@%d: %s (%s)",
-            len(rejections),
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            first.reason,
-            first.detail,
-        )
-        self.telemetry.rejected(rejections)
-        self.dlq.send_soon(
-            key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(),
-            value=msg.value,
-            headers=dlq_headers(rejections, msg.topic, msg.partition, msg.offset),
-        )
+    async def _send(
+        self,
+        topic: str,
+        *,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Hand a record to the producer; returns what to await for Kafka's acknowledgement."""
+        return await self.topics[topic].send(key=key, value=value, headers=headers)
 
     # -- stage 2: count ------------------------------------------------------------------------
     async def _count(self, stream: Any) -> None:
-        async for batch in stream.take_events(COUNT_BATCH, within=BATCH_WAIT_S):
+        # One routed record at a time: each carries many events (one organisation's share of a
+        # router batch), so faust's cost per record is spread over them. faust sets the current
+        # event, which sends the table's changelog writes to this record's partition.
+        async for event in stream.events():
             try:
-                by_partition: dict[int, list[Any]] = {}
-                for event in batch:
-                    by_partition.setdefault(event.message.partition, []).append(event)
-                for partition, events in by_partition.items():
-                    await self._count_partition(stream, partition, events)
+                await self._count_record(event.message)
             except Exception as exc:
                 _die("count", exc)
 
-    async def _count_partition(self, stream: Any, partition: int, events: list[Any]) -> None:
+    async def _count_record(self, msg: Any) -> None:
+        partition = msg.partition
         ledger = self.ledgers.get(partition)
         if ledger is None:
             ledger = await self._bootstrap(partition)
-        if self.ledgers.get(partition) is not ledger:
-            return  # revoked while bootstrapping: the new owner replays these events
-        # faust's table reads and writes go to the partition of the current event: make it this
-        # one, for this task only. (Stream._set_current_event would also overwrite the stream's
-        # own current_event, which take_events' background filler reads: events got swapped.)
-        _current_event.set(weakref.ref(events[-1]))
+            if self.ledgers.get(partition) is not ledger:
+                return  # revoked meanwhile: whoever counts it next finds the gap and reads it
+        expected = ledger.next_offset()
+        if expected is not None and msg.offset > expected:
+            await self._fill_gap(ledger, partition, expected, msg.offset)
         now_ms = int(self.clock() * 1000)
-        for event in events:
-            msg = event.message
-            routed = decode_routed(msg.value or TICK)
-            if routed is None:
-                continue
-            calls = routed.events
-            ingest_ms = routed.ingest_ms
-            if ingest_ms is None:
-                ingest_ms = ingest_time(msg.timestamp, now_ms)
-            started = time.perf_counter()
-            applied = ledger.apply(msg.offset, calls, now_ms, ingest_ms)
-            self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
-            if applied.outbox:
-                self.unsent.setdefault(partition, []).extend(applied.outbox)
+        timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
+        self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
         ledger.flush()
         if self.unsent.get(partition):
             await self._publish(partition, ledger)
+
+    def _apply(
+        self,
+        ledger: PartitionLedger,
+        offset: int,
+        value: bytes,
+        timestamp_ms: int | None,
+        now_ms: int,
+    ) -> None:
+        routed = decode_routed(value)
+        if routed is None:
+            ledger.skip(offset)
+            return
+        calls = routed.events
+        ingest_ms = routed.ingest_ms
+        if ingest_ms is None:  # written before routed records carried it
+            ingest_ms = min(timestamp_ms, now_ms) if timestamp_ms else now_ms
+        started = time.perf_counter()
+        applied = ledger.apply(offset, calls, now_ms, ingest_ms)
+        self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
+        if applied.outbox:
+            self.unsent.setdefault(ledger.partition, []).extend(applied.outbox)
+
+    async def _fill_gap(
+        self, ledger: PartitionLedger, partition: int, start: int, end: int
+    ) -> None:
+        """Apply routed records [start, end) that faust's consumer skipped (see the module doc)."""
+        log.warning(
+            "partition %d: records %d..%d were skipped by the consumer; reading them directly",
+            partition,
+            start,
+            end - 1,
+        )
+        records = await read_range(
+            self.bootstrap, self.settings.routed_topic, partition, start, end
+        )
+        now_ms = int(self.clock() * 1000)
+        for offset, value, timestamp_ms in records:
+            self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
+        self.telemetry.gap_filled(len(records))
+        if len(records) != end - start:
+            log.error(
+                "partition %d: only %d of routed records %d..%d could be read (retention?)",
+                partition,
+                len(records),
+                start,
+                end - 1,
+            )
 
     async def _bootstrap(self, partition: int) -> PartitionLedger:
         ledger = PartitionLedger(partition, self.policy, self.ledger_settings, self.store)

@@ -187,7 +187,9 @@ class PartitionLedger:
         self._new_ids: dict[int, dict[str, int]] = {}  # per time bucket, not yet flushed
         self._bucket_ids: dict[int, list[str]] = {}
         self._bucket_blocks: dict[int, list[str]] = {}
-        self._last_offset = -1
+        self.last_offset: int | None = None
+        """The newest source offset seen (applied, or a record without events): a later record
+        beyond the next offset reveals records the consumer skipped."""
         self._caps: dict[tuple[str, str], dict[str, _CapLevels]] = {}
         self._pending_markers: list[Pending] = []
         self.usage: dict[tuple[str, str, str], CapUsage] = {}
@@ -206,6 +208,7 @@ class PartitionLedger:
             if kind == "w":
                 self.watermark_ms = value["wm"]
                 self.ingest_ms = value.get("im")
+                self.last_offset = value.get("lo")
             elif kind == "d":
                 ids: dict[str, int] = value["ids"]
                 self._ids.update(ids)
@@ -237,7 +240,7 @@ class PartitionLedger:
     def flush(self) -> int:
         """Persist everything applied so far (new ids as one block per time bucket)."""
         for bucket, ids in self._new_ids.items():
-            key = f"d|{self.partition}|{bucket}|{self._last_offset}"
+            key = f"d|{self.partition}|{bucket}|{self.last_offset}"
             self.state.put(key, {"p": self.partition, "t": bucket, "ids": ids})
             self._bucket_blocks.setdefault(bucket, []).append(key)
         self._new_ids = {}
@@ -255,7 +258,7 @@ class PartitionLedger:
         wm = self.watermark_ms
         seen_here: set[str] = set()
         ids = self._ids
-        self._last_offset = max(self._last_offset, offset)
+        self._seen(offset)
         accepted: list[ApiCall] = []
         fresh: set[int] = set()  # id() of events first counted by this record (not a replay)
         bucket = ingest_ms // _DEDUP_BUCKET_MS
@@ -292,21 +295,38 @@ class PartitionLedger:
                 self._track_usage(slot)
             outbox.extend(Pending(key, Outbound.from_json(o)) for o in new)
         stats.replayed = len(skipped)
-        moved = False
         if events:
             top = max(ev.time_ms for ev in events)
             if wm is None or top > wm:
                 self.watermark_ms = top
-                moved = True
         if self.ingest_ms is None or ingest_ms > self.ingest_ms:
             self.ingest_ms = ingest_ms
             self._forget_ids(ingest_ms - self.settings.dedup_horizon_ms)
-            moved = True
-        if moved:
-            meta = {"p": self.partition, "wm": self.watermark_ms, "im": self.ingest_ms}
-            self.state.put(self._meta_key, meta)
+        self._put_meta()
         outbox.extend(self._advance(offset, now_ms))
         return Applied(outbox, stats)
+
+    def next_offset(self) -> int | None:
+        """The source offset expected next; None before the first record."""
+        return None if self.last_offset is None else self.last_offset + 1
+
+    def skip(self, offset: int) -> None:
+        """A source record without events (a control record) was seen at `offset`."""
+        self._seen(offset)
+        self._put_meta()
+
+    def _seen(self, offset: int) -> None:
+        if self.last_offset is None or offset > self.last_offset:
+            self.last_offset = offset
+
+    def _put_meta(self) -> None:
+        meta = {
+            "p": self.partition,
+            "wm": self.watermark_ms,
+            "im": self.ingest_ms,
+            "lo": self.last_offset,
+        }
+        self.state.put(self._meta_key, meta)
 
     def _count(
         self,

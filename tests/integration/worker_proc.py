@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -316,6 +317,11 @@ def totals_of(values: Iterable[dict[str, Any]]) -> dict[WindowKey, dict[str, Any
     }
 
 
+def _names_port(text: str, port: int) -> bool:
+    """Whether `text` names 127.0.0.1:`port` (and not a longer port that starts the same)."""
+    return re.search(rf"127\.0\.0\.1:{port}(?!\d)", text) is not None
+
+
 # -- worker processes ------------------------------------------------------------------------
 class WorkerProcess:
     """One `python -m meter.cli worker ...` subprocess, logging to a file."""
@@ -539,12 +545,12 @@ class Deployment:
         for m in group.get("members", ()):
             assigned = (m.get("member_assignment") or {}).get("assigned_partitions")
             for w in self.workers:
-                if assigned and f"127.0.0.1:{w.web_port}" in str(m.get("member_metadata")):
+                if assigned and _names_port(str(m.get("member_metadata")), w.web_port):
                     ports.append(w.web_port)
         return sorted(ports)
 
     def input_offsets(self) -> dict[int, tuple[int, int]]:
-        """Per input partition: (the group's committed offset, the end offset)."""
+        """Per input partition: (the router group's committed offset, the end offset)."""
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="meter-tests")
         try:
@@ -554,7 +560,8 @@ class Deployment:
             ]
             ends = consumer.end_offsets(parts)
             try:
-                committed = admin.list_group_offsets({self.group: None}).get(self.group, {})
+                router = f"{self.group}-router"
+                committed = admin.list_group_offsets({router: None}).get(router, {})
             except KafkaError:
                 committed = {}
             out = {}
@@ -591,21 +598,28 @@ class Deployment:
             raise AssertionError(f"{exc} (group {self.group}, input {where})") from None
 
     def evict(self, worker: WorkerProcess) -> None:
-        """Remove a SIGKILLed worker's consumer from the group, as the coordinator does once
-        its session times out (faust's default: 60 s), so the restarted worker is not kept
-        waiting a minute for that. Members are recognised by the web URL in their metadata."""
+        """Remove a SIGKILLed worker's consumers from its two groups (the faust group that
+        counts, the router's), as the coordinator does once their sessions time out (faust's
+        default: 60 s), so the restarted worker is not kept waiting a minute for that. faust
+        members carry the web URL in their metadata; router members have it in their client id."""
         assert not worker.alive()
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="meter-tests")
+        router = f"{self.group}-router"
         try:
-            group = admin.describe_groups([self.group])[self.group]
-            mine = f"127.0.0.1:{worker.web_port}"
-            dead = [
-                MemberToRemove(member_id=m["member_id"])
-                for m in group.get("members", ())
-                if mine in str(m.get("member_metadata"))
-            ]
-            if dead:
-                admin.remove_group_members(self.group, dead)
+            groups = admin.describe_groups([self.group, router])
+            for name, group in groups.items():
+                dead = [
+                    MemberToRemove(member_id=m["member_id"])
+                    for m in group.get("members", ())
+                    if (
+                        m.get("client_id") == f"meter-router-127.0.0.1:{worker.web_port}"
+                        if name == router
+                        else _names_port(str(m.get("member_metadata")), worker.web_port)
+                    )
+                ]
+                if dead:
+                    with contextlib.suppress(KafkaError):  # already gone
+                        admin.remove_group_members(name, dead)
         finally:
             admin.close()
 

@@ -463,3 +463,20 @@ def test_a_late_call_does_not_raise_a_day_alert_twice(policy: Policy) -> None:
     ids = [a["id"] for a in alerts_of(out) if a["kind"] == "unknown_app"]
     assert len(ids) == 2
     assert len(set(ids)) == 2
+
+
+def test_the_last_source_offset_seen_is_kept_so_a_skipped_record_is_noticed(
+    policy: Policy,
+) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    assert ledger.next_offset() is None
+    run(ledger, 7, [ev("a", 1)], NOW)
+    ledger.skip(8)  # a control record (no events)
+    ledger.flush()
+    assert ledger.next_offset() == 9
+    run(ledger, 3, [ev("a", 1)], NOW)  # a replay does not move it back
+    assert ledger.next_offset() == 9
+    recovered = new_ledger(policy, store)
+    recovered.bootstrap(store.items())
+    assert recovered.next_offset() == 9
