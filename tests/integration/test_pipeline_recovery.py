@@ -19,7 +19,15 @@ from tests.integration.recovery_case import (
     start_stream,
     stream,
 )
-from tests.integration.worker_proc import Deployment, deployment_factory, wait_until
+from tests.integration.worker_proc import (
+    Deployment,
+    deployment_factory,
+    dumps,
+    event,
+    ms,
+    values_of,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -87,4 +95,60 @@ def test_two_workers_share_partitions_through_rebalances(
     producer.finish()
     finish_and_check(d, sent)
     assert len(d.running()) == 2
+    d.stop_all()
+
+
+GAP_POLICY = """
+version: 1
+tiers:
+  std:
+    caps:
+      - {id: calls-15m, metric: calls, window: 15m, limit: 1000}
+orgs:
+  acme:
+    caps:
+      - {id: records-1h, metric: records, window: 1h, limit: 100000}
+apps:
+  acme-1: {org: acme, tier: std}
+"""
+
+
+def test_routed_records_the_consumer_skipped_are_read_back_and_counted(
+    deployments: Callable[..., Deployment],
+) -> None:
+    """faust can commit past routed records it dropped in a rebalance. Here that is forced: with
+    the worker stopped, three routed records are written and the group's offset is moved past the
+    first two. The restarted counter must notice the gap and count those records too."""
+    d = deployments(GAP_POLICY, partitions=2)
+    t0 = ms("2022-03-01T10:00")
+    worker = d.start_worker(data_dir=None, label="first")
+    d.send_events([event(f"before-{i}", t0 + i * 1000, "acme-1", records=1) for i in range(5)])
+    d.wait_consumed(timeout=120)
+    wait_until(lambda: d.metric(worker, "meter_events_total") >= 5, 60, what="5 events counted")
+    worker.stop()
+
+    # Routed records in the router's wire format (events as [id, time ms, app_id, org_id,
+    # endpoint, records, status, recipient, user_id]), keyed like the router keys them.
+    def routed(*ids: str) -> bytes:
+        rows = [[i, t0 + 60_000, "acme-1", None, "/x", 10, 200, None, None] for i in ids]
+        return dumps({"e": rows, "i": int(time.time() * 1000)})
+
+    placed = d.send_routed(
+        [routed("gap-1", "gap-2"), routed("gap-3"), routed("after-1")], b"org:acme"
+    )
+    partition = placed[0][0]
+    offsets = [offset for _, offset in placed]
+    assert offsets == list(range(offsets[0], offsets[0] + 3))
+    d.commit_counter_offset(partition, offsets[2])  # as if faust had consumed the first two
+
+    second = d.start_worker(data_dir=worker.data_dir, label="second")
+    d.send_events([event("push", ms("2022-03-01T12:00"), "acme-1")])
+    finals = {
+        (w["subject"], w["window"]["size"]): w
+        for w in values_of(d.windows(expect=4, timeout=120))
+        if w["window"]["start"] == "2022-03-01T10:00:00Z"
+    }
+    assert finals[("acme-1", "15m")]["calls"] == 5 + 4
+    assert finals[("acme", "1h")]["records"] == 5 + 4 * 10
+    assert d.metric(second, "meter_skipped_records_recovered_total") == 2
     d.stop_all()

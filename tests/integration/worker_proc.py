@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import MemberToRemove
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
@@ -513,6 +514,40 @@ class Deployment:
     ) -> int:
         """One plain JSON event per record."""
         return self.send([dumps(e) for e in events], keys=keys, partition=partition)
+
+    def send_routed(self, values: Sequence[bytes], key: bytes) -> list[tuple[int, int]]:
+        """Write records straight to the routed topic (as the router would): (partition,
+        offset) of each."""
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        try:
+            futures = [producer.send(self.routed_topic, value=v, key=key) for v in values]
+            producer.flush(timeout=30)
+            return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
+        finally:
+            producer.close()
+
+    def commit_counter_offset(self, partition: int, offset: int) -> None:
+        """Set the counting group's committed offset on a routed partition (no worker running)."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False
+        )
+        try:
+            tp = TopicPartition(self.routed_topic, partition)
+            consumer.assign([tp])
+            consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
+        finally:
+            consumer.close()
+
+    def metric(self, worker: WorkerProcess, name: str) -> float:
+        """The value of an unlabelled series on a worker's /metrics page (0 when absent)."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return 0.0
 
     # output -------------------------------------------------------------------------------
     def read(
