@@ -49,10 +49,20 @@ def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:
     return min(timestamp_ms, now_ms)
 
 
-def routing_key(policy: Policy, event: ApiCall) -> str:
-    """All events of one organisation meet on one partition: org totals need one owner."""
+Route = tuple[str, str | None]
+"""A routing key and the subject level its record counts (None: both)."""
+
+
+def routes(policy: Policy, event: ApiCall) -> tuple[Route, ...]:
+    """All events of one organisation meet on one partition: org totals need one owner. An app
+    the policy does not know may claim different organisations: its app totals are counted on the
+    app's partition and its org totals on the claimed organisation's (`ledger.LEVELS`)."""
     org = policy.org_of(event.app_id, event.org_id)
-    return f"org:{org}" if org is not None else f"app:{event.app_id}"
+    if org is None:
+        return ((f"app:{event.app_id}", None),)
+    if policy.known_app(event.app_id):
+        return ((f"org:{org}", None),)
+    return ((f"app:{event.app_id}", "app"), (f"org:{org}", "org"))
 
 
 class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -155,7 +165,7 @@ class Router:
         s = self.settings
         now_ms = int(self.clock() * 1000)
         ingest_ms = 0
-        by_key: dict[str, list[ApiCall]] = {}
+        by_route: dict[Route, list[ApiCall]] = {}
         pending = []
         for records in batch.values():
             for msg in records:
@@ -164,16 +174,13 @@ class Router:
                 if decoded.rejections:
                     pending.append(await self._dead_letter(msg, decoded.rejections))
                 for ev in decoded.events:
-                    by_key.setdefault(routing_key(self.policy, ev), []).append(ev)
+                    for route in routes(self.policy, ev):
+                        by_route.setdefault(route, []).append(ev)
         # One routed record per organisation per batch: the counter's cost is per record.
-        for key, events in by_key.items():
+        for (key, level), events in by_route.items():
             for i in range(0, len(events), MAX_ROUTED_EVENTS):
-                chunk = events[i : i + MAX_ROUTED_EVENTS]
-                pending.append(
-                    await self.send(
-                        s.routed_topic, key=key.encode(), value=encode_routed(chunk, ingest_ms)
-                    )
-                )
+                value = encode_routed(events[i : i + MAX_ROUTED_EVENTS], ingest_ms, level)
+                pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
         # Everything this batch produced is in Kafka before its input offsets are committed.
         await asyncio.gather(*pending)
         self.telemetry.routed(sum(len(r) for r in batch.values()))

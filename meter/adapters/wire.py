@@ -20,9 +20,11 @@ class Routed(NamedTuple):
     events: list[ApiCall]
     ingest_ms: int | None
     """None in records written before meter carried it: use the routed record's timestamp."""
+    level: str | None = None
+    """None (both subject levels), or "app" / "org": see `meter.core.ledger.LEVELS`."""
 
 
-def encode_routed(events: Sequence[ApiCall], ingest_ms: int) -> bytes:
+def encode_routed(events: Sequence[ApiCall], ingest_ms: int, level: str | None = None) -> bytes:
     rows = [
         [
             e.id,
@@ -37,7 +39,10 @@ def encode_routed(events: Sequence[ApiCall], ingest_ms: int) -> bytes:
         ]
         for e in events
     ]
-    return json.dumps({"e": rows, "i": ingest_ms}, separators=(",", ":")).encode()
+    doc: dict[str, object] = {"e": rows, "i": ingest_ms}
+    if level is not None:
+        doc["l"] = level
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode_routed(value: bytes) -> Routed | None:
@@ -46,7 +51,7 @@ def decode_routed(value: bytes) -> Routed | None:
     rows = doc.get("e")
     if rows is None:
         return None
-    return Routed([ApiCall(*row) for row in rows], doc.get("i"))
+    return Routed([ApiCall(*row) for row in rows], doc.get("i"), doc.get("l"))
 
 
 def dlq_headers(

@@ -36,6 +36,11 @@ from meter.core.policy import Cap, Policy
 from meter.core.windows import WindowSpec, format_ms
 
 DAY_MS = 86_400_000
+LEVELS = ("app", "org")
+"""A routed record normally carries events for both subject levels. An app the policy does not know
+may claim different organisations in different events; its events then reach two ledgers: one
+record at level "app" on the app's partition (app totals, the unknown-app alert) and one at level
+"org" on the claimed organisation's partition (org totals), so every state key has one owner."""
 _DEDUP_BUCKET_MS = 60_000
 NO_ENDPOINT = "(none)"
 OTHER_ENDPOINTS = "(other)"
@@ -247,11 +252,19 @@ class PartitionLedger:
         return self.state.flush()
 
     # -- counting ------------------------------------------------------------------------------
-    def apply(self, offset: int, events: Sequence[ApiCall], now_ms: int, ingest_ms: int) -> Applied:
+    def apply(
+        self,
+        offset: int,
+        events: Sequence[ApiCall],
+        now_ms: int,
+        ingest_ms: int,
+        level: str | None = None,
+    ) -> Applied:
         """Fold the events of the source record at `offset` into the state, then close windows the
         watermark has passed. `ingest_ms` is when the events reached Kafka (the newest of their
-        input records' timestamps): ids are remembered by it. Idempotent: applying the same
-        offset again changes nothing."""
+        input records' timestamps): ids are remembered by it. `level` "app" or "org" counts the
+        events for that subject level only (see `LEVELS`). Idempotent: applying the same offset
+        again changes nothing."""
         stats = Stats()
         touched: dict[str, Json] = {}
         skipped: set[str] = set()
@@ -278,8 +291,10 @@ class PartitionLedger:
                 stats.duplicates += 1
                 continue
             accepted.append(ev)
-        stats.events = len(fresh)  # events of a replayed record were counted the first time
-        self._count(accepted, fresh, offset, wm, touched, skipped, stats, now_ms)
+        # Events of a replayed record were counted the first time; an event routed to two
+        # ledgers (`LEVELS`) is counted as an event where its app is.
+        stats.events = len(fresh) if level != "org" else 0
+        self._count(accepted, fresh, offset, wm, touched, skipped, stats, now_ms, level)
 
         outbox: list[Pending] = []
         for key, slot in touched.items():
@@ -338,27 +353,31 @@ class PartitionLedger:
         skipped: set[str],
         stats: Stats,
         now_ms: int,
+        level: str | None,
     ) -> None:
         """Group the events by subject and window first: the per-window work is then done once
         per group, and events are looked at one by one only where a threshold is crossed."""
         policy = self.policy
         windows = policy.windows
+        apps, orgs = level != "org", level != "app"
         groups: dict[tuple[str, str, int, int], list[ApiCall]] = {}
         for ev in events:
             org = policy.org_of(ev.app_id, ev.org_id)
             first_time = id(ev) in fresh
-            if first_time and org is not None:
+            if first_time and org is not None and orgs:
                 stats.calls_by_org[org] = stats.calls_by_org.get(org, 0) + 1
                 stats.records_by_org[org] = stats.records_by_org.get(org, 0) + ev.records
             for i, spec in enumerate(windows):
                 start = spec.bucket(ev.time_ms).start_ms
-                groups.setdefault(("app", ev.app_id, i, start), []).append(ev)
-                if org is not None:
+                if apps:
+                    groups.setdefault(("app", ev.app_id, i, start), []).append(ev)
+                if org is not None and orgs:
                     groups.setdefault(("org", org, i, start), []).append(ev)
-            if not policy.known_app(ev.app_id):
+            if apps and not policy.known_app(ev.app_id):
                 stats.unknown_app += first_time
                 self._marker("unknown_app", "warning", "app", ev.app_id, org, ev, wm, now_ms, {})
-            if ev.recipient is not None:
+            # A restricted-use alert belongs to the org if there is one, else to the app.
+            if ev.recipient is not None and (orgs if org is not None else apps):
                 self._check_recipient(ev, org, wm, now_ms)
         late_events: set[int] = set()
         for (stype, subject, i, _), group in groups.items():

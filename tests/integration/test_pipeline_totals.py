@@ -209,3 +209,42 @@ def test_exact_totals_for_many_apps_windows_and_partitions(
         else:  # the crossing event's records may overshoot the level
             assert e.level <= a["used"] < e.level + 26
     worker.stop()
+
+
+def test_an_unknown_app_claiming_several_orgs_is_counted_exactly(
+    deployments: Callable[..., Deployment],
+) -> None:
+    """An app the policy does not know, whose events claim one org, another, or none: its app
+    totals, each claimed org's totals and its one unknown-app alert all come out exact (every
+    state key has one owner although the claims route to different partitions)."""
+    d = deployments(POLICY, partitions=4)
+    t0 = ms("2022-03-01T10:00")
+    claims = ["acme"] * 3 + ["zeta"] * 2 + [None] * 4
+    sent = [
+        event(f"u{i}", t0 + i * 1000, "stray", records=i, org=org) for i, org in enumerate(claims)
+    ]
+    sent.append(event("k1", t0, "acme-1", records=100))
+    d.start_worker()
+    d.send_events(sent, keys=[f"k{i}".encode() for i in range(len(sent))])
+    # Watermarks are per partition: move every partition these subjects are counted on.
+    late = ms("2022-03-01T12:00")
+    pushes = ("acme-2", None), ("stray", "zeta"), ("stray", None)
+    d.send_events([event(f"push{i}", late, app, org=org) for i, (app, org) in enumerate(pushes)])
+    want = {
+        ("app", "stray"): (9, sum(range(9))),
+        ("org", "acme"): (3 + 1, 0 + 1 + 2 + 100),
+        ("org", "zeta"): (2, 3 + 4),
+        ("app", "acme-1"): (1, 100),
+    }
+    windows = values_of(d.windows(expect=len(want) * 2, timeout=120))
+    got = {
+        (w["subject_type"], w["subject"]): (w["calls"], w["records"])
+        for w in windows
+        if w["window"]["size"] == "15m" and w["window"]["start"] == "2022-03-01T10:00:00Z"
+    }
+    assert got == want
+    unknown = [
+        a for a in values_of(d.alerts(expect=None, timeout=30)) if a["kind"] == "unknown_app"
+    ]
+    assert [a["subject"] for a in unknown] == ["stray"]
+    d.stop_all()

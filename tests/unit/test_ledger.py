@@ -480,3 +480,29 @@ def test_the_last_source_offset_seen_is_kept_so_a_skipped_record_is_noticed(
     recovered = new_ledger(policy, store)
     recovered.bootstrap(store.items())
     assert recovered.next_offset() == 9
+
+
+def test_an_unknown_app_claiming_several_orgs_has_one_owner_per_state_key(policy: Policy) -> None:
+    """The router sends such an app's events to two ledgers: app totals on the app's partition
+    (level "app"; its events without a claim too), org totals on the claimed org's ("org")."""
+    app_store, org_store = JsonStore(), JsonStore()
+    app_side = PartitionLedger(0, policy, LedgerSettings(grace_ms=MIN), app_store)
+    org_side = PartitionLedger(1, policy, LedgerSettings(grace_ms=MIN), org_store)
+    claims_acme = ev("u1", 1, "u", records=5, org_id="acme")
+    claims_beta = ev("u2", 2, "u", records=7, org_id="beta")
+    no_claim = ev("u3", 3, "u", records=1)
+    first = app_side.apply(0, [claims_acme, claims_beta], NOW, NOW, "app")
+    app_side.apply(1, [no_claim], NOW, NOW)
+    org_side.apply(0, [claims_acme], NOW, NOW, "org")
+    app_side.flush()
+    org_side.flush()
+    assert slot(app_store, "app", "u", "15m", 0)["c"] == 3
+    assert not any(k.startswith("s|org|") for k in app_store.data)
+    assert slot(org_store, "org", "acme", "15m", 0)["r"] == 5
+    assert not any(k.startswith(("s|app|", "m|")) for k in org_store.data)
+    # one unknown-app alert, where the app is; events counted once, org usage where the org is
+    assert [a["kind"] for a in alerts_of(first.outbox)] == ["unknown_app"]
+    assert first.stats.events == 2
+    assert first.stats.calls_by_org == {}
+    second = org_side.apply(2, [ev("u4", 4, "u", org_id="acme")], NOW, NOW, "org")
+    assert (second.stats.events, second.stats.calls_by_org) == (0, {"acme": 1})

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from meter.adapters.policy_file import read_policy
-from meter.adapters.router import ingest_time
+from meter.adapters.router import ingest_time, routes
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import TICK, decode_routed, encode_routed
 from meter.adapters.worker import MeterWorker
@@ -55,3 +55,18 @@ def test_routed_records_carry_their_ingest_time() -> None:
     assert old is not None
     assert old.ingest_ms is None  # written before the field existed
     assert decode_routed(TICK) is None
+
+
+def test_an_unknown_app_claiming_an_org_is_routed_to_both_owners() -> None:
+    policy = read_policy(EXAMPLE)
+    known = next(iter(policy.apps))
+    org = policy.org_of(known, None)
+    assert routes(policy, ApiCall("1", 0, known, org_id="other")) == ((f"org:{org}", None),)
+    assert routes(policy, ApiCall("2", 0, "stray")) == (("app:stray", None),)
+    assert routes(policy, ApiCall("3", 0, "stray", org_id="zeta")) == (
+        ("app:stray", "app"),
+        ("org:zeta", "org"),
+    )
+    routed = decode_routed(encode_routed([ApiCall("3", 0, "stray")], 5, "org"))
+    assert routed is not None
+    assert routed.level == "org"
