@@ -262,6 +262,11 @@ class MeterWorker:
         for offset, value, timestamp_ms in records:
             self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
         self.telemetry.gap_filled(len(records))
+        # Tell faust's consumer those offsets are done: it never saw them, so it would not
+        # commit past them (and would re-deliver everything after them at the next rebalance).
+        add_gap = getattr(self.app.consumer, "_add_gap", None)
+        if add_gap is not None:
+            await add_gap(TP(self.settings.routed_topic, partition), start, end - 1)
         if len(records) != end - start:
             log.error(
                 "partition %d: only %d of routed records %d..%d could be read (retention?)",

@@ -81,12 +81,16 @@ class WriteBackCache:
         self.dirty.discard(key)
         self.deleted.add(key)
 
-    def flush(self) -> int:
-        """Write every changed key to the store; returns how many writes that took."""
+    def flush(self, last: str | None = None) -> int:
+        """Write every changed key to the store, key `last` after all others (the store keeps
+        the order: a crash leaves a prefix); returns how many writes that took."""
         for key in self.dirty:
-            self.store.put(key, self.values[key])
+            if key != last:
+                self.store.put(key, self.values[key])
         for key in self.deleted:
             self.store.delete(key)
+        if last is not None and last in self.dirty:
+            self.store.put(last, self.values[last])
         n = len(self.dirty) + len(self.deleted)
         # Closed windows and id blocks are rarely read again: keep only what is live in memory.
         for key in self.dirty:
@@ -195,6 +199,10 @@ class PartitionLedger:
         self.last_offset: int | None = None
         """The newest source offset seen (applied, or a record without events): a later record
         beyond the next offset reveals records the consumer skipped."""
+        self.durable_offset: int | None = None
+        """Every record up to this offset is in the store, in every key it touched: the meta key
+        that records it is written last in each flush. A replay of such a record is skipped
+        whole, even where its keys have expired since."""
         self._caps: dict[tuple[str, str], dict[str, _CapLevels]] = {}
         self._pending_markers: list[Pending] = []
         self.usage: dict[tuple[str, str, str], CapUsage] = {}
@@ -213,7 +221,7 @@ class PartitionLedger:
             if kind == "w":
                 self.watermark_ms = value["wm"]
                 self.ingest_ms = value.get("im")
-                self.last_offset = value.get("lo")
+                self.last_offset = self.durable_offset = value.get("lo")
             elif kind == "d":
                 ids: dict[str, int] = value["ids"]
                 self._ids.update(ids)
@@ -249,7 +257,9 @@ class PartitionLedger:
             self.state.put(key, {"p": self.partition, "t": bucket, "ids": ids})
             self._bucket_blocks.setdefault(bucket, []).append(key)
         self._new_ids = {}
-        return self.state.flush()
+        n = self.state.flush(last=self._meta_key)
+        self.durable_offset = self.last_offset
+        return n
 
     # -- counting ------------------------------------------------------------------------------
     def apply(
@@ -266,6 +276,8 @@ class PartitionLedger:
         events for that subject level only (see `LEVELS`). Idempotent: applying the same offset
         again changes nothing."""
         stats = Stats()
+        if self.durable_offset is not None and offset <= self.durable_offset:
+            return Applied([], stats)  # a replay of a record the store holds in full
         touched: dict[str, Json] = {}
         skipped: set[str] = set()
         wm = self.watermark_ms
@@ -275,8 +287,11 @@ class PartitionLedger:
         accepted: list[ApiCall] = []
         fresh: set[int] = set()  # id() of events first counted by this record (not a replay)
         bucket = ingest_ms // _DEDUP_BUCKET_MS
+        # The two halves of an event routed to both levels may meet in one ledger: they are not
+        # repeats of each other.
+        suffix = "" if level is None else f"|{level}"
         for ev in events:
-            dkey = f"{ev.app_id}|{ev.id}"
+            dkey = f"{ev.app_id}|{ev.id}{suffix}"
             if dkey in seen_here:
                 stats.duplicates += 1
                 continue

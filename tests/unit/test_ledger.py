@@ -506,3 +506,60 @@ def test_an_unknown_app_claiming_several_orgs_has_one_owner_per_state_key(policy
     assert first.stats.calls_by_org == {}
     second = org_side.apply(2, [ev("u4", 4, "u", org_id="acme")], NOW, NOW, "org")
     assert (second.stats.events, second.stats.calls_by_org) == (0, {"acme": 1})
+    # both halves on one ledger (the app and the org hash to one partition): both count
+    one = JsonStore()
+    both = PartitionLedger(0, policy, LedgerSettings(grace_ms=MIN), one)
+    both.apply(0, [claims_acme], NOW, NOW, "app")
+    both.apply(1, [claims_acme], NOW, NOW, "org")
+    both.flush()
+    assert slot(one, "app", "u", "15m", 0)["c"] == 1
+    assert slot(one, "org", "acme", "15m", 0)["c"] == 1
+
+
+def test_a_replay_after_the_windows_expired_changes_nothing(policy: Policy) -> None:
+    """Records replayed after a rebalance can be older than state that has since expired (the
+    consumer's committed offset may lag far behind). They must not recreate the expired windows
+    and fire their alerts again."""
+    store = JsonStore()
+    ledger = new_ledger(policy, store, late_horizon_ms=30 * MIN)
+    batch = [ev(f"e{i}", 1) for i in range(10)]  # 10 calls: the 15-minute cap's thresholds
+    fired = alerts_of(run(ledger, 0, batch, NOW).outbox)
+    assert fired
+    done = run(ledger, 1, [ev("later", 24 * 60)], NOW)  # a day later: everything closes
+    ledger.acknowledge(done.outbox)
+    ledger.acknowledge([Pending(k, r) for k, r in _outbox(store)])
+    run(ledger, 2, [ev("later2", 24 * 60 + 1)], NOW)  # ... and expires
+    assert not any(k.startswith("s|app|a1|15m|") and k.endswith(f"|{T0}") for k in store.data)
+    recovered = new_ledger(policy, store, late_horizon_ms=30 * MIN)
+    recovered.bootstrap(store.items())
+    again = run(recovered, 0, batch, NOW)
+    assert again.outbox == []
+    assert not any(k.endswith(f"|{T0}") for k in store.data if k.startswith("s|"))
+
+
+def test_the_meta_key_is_written_last_so_it_never_claims_a_partial_flush(policy: Policy) -> None:
+    store = JsonStore()
+    ledger = new_ledger(policy, store)
+    run(ledger, 0, [ev("a", 1)], NOW)
+    # many keys to write (40 apps' windows), so the meta key is not last by chance
+    ledger.apply(1, [ev(f"b{i}", 2, f"app{i}", records=1) for i in range(40)], NOW, NOW)
+    order: list[str] = []
+    put = store.put
+
+    def recording_put(key: str, value: dict[str, Any]) -> None:
+        order.append(key)
+        put(key, value)
+
+    store.put = recording_put  # type: ignore[method-assign]
+    ledger.flush()
+    assert len(order) > 100
+    assert order[-1] == "w|0"
+    store.put = put  # type: ignore[method-assign]
+    # a flush that dies part-way leaves the previous meta: the record is replayed key by key
+    ledger.apply(2, [ev(f"c{i}", 2, f"app{i}") for i in range(40)], NOW, NOW)
+    store.fail_after = store.puts + 30
+    with pytest.raises(RuntimeError):
+        ledger.flush()
+    recovered = new_ledger(policy, store)
+    recovered.bootstrap(store.items())
+    assert recovered.durable_offset == 1
