@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
@@ -90,7 +90,6 @@ class Router:
         telemetry: Telemetry,
         send: Send,
         clock: Callable[[], float],
-        die: Callable[[str, BaseException], NoReturn],
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -98,7 +97,6 @@ class Router:
         self.telemetry = telemetry
         self.send = send
         self.clock = clock
-        self.die = die
         self.consumer: AIOKafkaConsumer | None = None
         self.positions: dict[int, int] = {}
         """Per input partition: the next offset to route (for the lag gauge)."""
@@ -136,12 +134,8 @@ class Router:
                 if not batch:
                     continue
                 async with self._lock:
-                    try:
-                        await self._route(batch)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        self.die("route", exc)
+                    # Any failure propagates: nothing of this batch is committed.
+                    await self._route(batch)
                     await self._commit(consumer, batch)
         finally:
             self.consumer = None

@@ -158,9 +158,7 @@ class MeterWorker:
             s.alerts_topic: self.alerts,
             s.windows_topic: self.windows,
         }
-        self.router = Router(
-            s, self.policy, self.bootstrap, self.telemetry, self._send, self.clock, _die
-        )
+        self.router = Router(s, self.policy, self.bootstrap, self.telemetry, self._send, self.clock)
         app.task(self._run_router)
         app.agent(self.routed, name="count")(self._count)
         app.timer(s.tick_ms / 1000)(self._tick)
@@ -182,6 +180,11 @@ class MeterWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self.app.should_stop:
+                # The producer may stop before this task: the batch in hand was not committed,
+                # so whoever routes next routes it again. Not a failure.
+                log.info("router stopped with a batch in hand (%r): it will be routed again", exc)
+                return
             _die("route", exc)
 
     async def _send(
