@@ -17,7 +17,7 @@ from bench.latency import LatencyResult
 # Inclusive shares of a few meter functions in a py-spy profile: (label, frame regex).
 PROFILE_CALLS = (
     ("route: decode_record (meter/core/events.py)", r"decode_record \("),
-    ("route: re-key and send (MeterWorker._route, minus decoding)", r"_route \(meter/"),
+    ("route: re-key and send (Router._route, minus decoding)", r"_route \(meter/"),
     ("count: PartitionLedger.apply (meter/core/ledger.py)", r"apply \(meter/core/ledger\.py"),
     ("count: ledger flush + TableStore writes", r"flush \(meter/core/ledger\.py"),
     ("count: decode_routed (meter/adapters/wire.py)", r"decode_routed \("),
