@@ -50,7 +50,7 @@ def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:
 
 
 Route = tuple[str, str | None]
-"""A routing key and the subject level its record counts (None: both)."""
+"""A routing key and the subject level the event counts for there (None: both)."""
 
 
 def routes(policy: Policy, event: ApiCall) -> tuple[Route, ...]:
@@ -159,7 +159,7 @@ class Router:
         s = self.settings
         now_ms = int(self.clock() * 1000)
         ingest_ms = 0
-        by_route: dict[Route, list[ApiCall]] = {}
+        by_key: dict[str, tuple[list[ApiCall], list[str | None]]] = {}
         pending = []
         for records in batch.values():
             for msg in records:
@@ -168,12 +168,17 @@ class Router:
                 if decoded.rejections:
                     pending.append(await self._dead_letter(msg, decoded.rejections))
                 for ev in decoded.events:
-                    for route in routes(self.policy, ev):
-                        by_route.setdefault(route, []).append(ev)
+                    for key, level in routes(self.policy, ev):
+                        held = by_key.get(key)
+                        if held is None:
+                            held = by_key[key] = ([], [])
+                        held[0].append(ev)
+                        held[1].append(level)
         # One routed record per organisation per batch: the counter's cost is per record.
-        for (key, level), events in by_route.items():
+        for key, (events, levels) in by_key.items():
             for i in range(0, len(events), MAX_ROUTED_EVENTS):
-                value = encode_routed(events[i : i + MAX_ROUTED_EVENTS], ingest_ms, level)
+                j = i + MAX_ROUTED_EVENTS
+                value = encode_routed(events[i:j], ingest_ms, levels[i:j])
                 pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
         # Everything this batch produced is in Kafka before its input offsets are committed.
         await asyncio.gather(*pending)

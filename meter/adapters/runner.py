@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from meter.adapters.sinks import SinkService, SinkSettings, is_enabled
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.topics import TopicSpec, ensure_topics, partition_counts
+from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
 from meter.adapters.worker import MeterWorker
 from meter.config import WorkerSettings
 from meter.core.errors import ConfigError
@@ -43,7 +43,7 @@ def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
 def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
     """Create missing topics; check the routed topic matches the state's partitioning."""
     ensure_topics(bootstrap, topic_specs(s), replication=s.replication)
-    counts = partition_counts(
+    counts = settled_partition_counts(
         bootstrap, [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic]
     )
     for name in (s.routed_topic, s.changelog_topic):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -68,4 +69,18 @@ def partition_counts(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
         admin.close()
 
 
-__all__ = ["TopicSpec", "ensure_topics", "partition_counts"]
+def settled_partition_counts(
+    bootstrap: str, names: Iterable[str], timeout_s: float = 15.0
+) -> dict[str, int]:
+    """`partition_counts` once every topic in `names` shows its partitions: a topic created a
+    moment ago can be missing from the metadata, or listed without partitions, for a while."""
+    names = list(names)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = partition_counts(bootstrap, names)
+        if all(counts.get(name) for name in names) or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.2)
+
+
+__all__ = ["TopicSpec", "ensure_topics", "partition_counts", "settled_partition_counts"]

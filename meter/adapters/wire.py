@@ -20,11 +20,14 @@ class Routed(NamedTuple):
     events: list[ApiCall]
     ingest_ms: int | None
     """None in records written before meter carried it: use the routed record's timestamp."""
-    level: str | None = None
-    """None (both subject levels), or "app" / "org": see `meter.core.ledger.LEVELS`."""
+    levels: list[str | None] | None = None
+    """Per event: None (both subject levels), "app" or "org" (`meter.core.ledger.LEVELS`); None
+    when every event counts for both."""
 
 
-def encode_routed(events: Sequence[ApiCall], ingest_ms: int, level: str | None = None) -> bytes:
+def encode_routed(
+    events: Sequence[ApiCall], ingest_ms: int, levels: Sequence[str | None] | None = None
+) -> bytes:
     rows = [
         [
             e.id,
@@ -40,8 +43,8 @@ def encode_routed(events: Sequence[ApiCall], ingest_ms: int, level: str | None =
         for e in events
     ]
     doc: dict[str, object] = {"e": rows, "i": ingest_ms}
-    if level is not None:
-        doc["l"] = level
+    if levels is not None and any(level is not None for level in levels):
+        doc["l"] = list(levels)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

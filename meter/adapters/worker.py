@@ -243,7 +243,7 @@ class MeterWorker:
         if ingest_ms is None:  # written before routed records carried it
             ingest_ms = min(timestamp_ms, now_ms) if timestamp_ms else now_ms
         started = time.perf_counter()
-        applied = ledger.apply(offset, calls, now_ms, ingest_ms, routed.level)
+        applied = ledger.apply(offset, calls, now_ms, ingest_ms, routed.levels)
         self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
         if applied.outbox:
             self.unsent.setdefault(ledger.partition, []).extend(applied.outbox)

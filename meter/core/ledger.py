@@ -37,10 +37,11 @@ from meter.core.windows import WindowSpec, format_ms
 
 DAY_MS = 86_400_000
 LEVELS = ("app", "org")
-"""A routed record normally carries events for both subject levels. An app the policy does not know
-may claim different organisations in different events; its events then reach two ledgers: one
-record at level "app" on the app's partition (app totals, the unknown-app alert) and one at level
-"org" on the claimed organisation's partition (org totals), so every state key has one owner."""
+"""An event normally counts for both subject levels. An app the policy does not know may claim
+different organisations in different events; such an event then reaches two ledgers: at level
+"app" on the app's partition (app totals, the unknown-app alert) and at level "org" on the claimed
+organisation's partition (org totals), so every state key has one owner. Events of one routed
+record can have different levels; they are applied together, like any record."""
 _DEDUP_BUCKET_MS = 60_000
 NO_ENDPOINT = "(none)"
 OTHER_ENDPOINTS = "(other)"
@@ -268,13 +269,13 @@ class PartitionLedger:
         events: Sequence[ApiCall],
         now_ms: int,
         ingest_ms: int,
-        level: str | None = None,
+        levels: Sequence[str | None] | None = None,
     ) -> Applied:
         """Fold the events of the source record at `offset` into the state, then close windows the
         watermark has passed. `ingest_ms` is when the events reached Kafka (the newest of their
-        input records' timestamps): ids are remembered by it. `level` "app" or "org" counts the
-        events for that subject level only (see `LEVELS`). Idempotent: applying the same offset
-        again changes nothing."""
+        input records' timestamps): ids are remembered by it. `levels`, one per event: "app" or
+        "org" counts that event for that subject level only, None for both (see `LEVELS`).
+        Idempotent: applying the same offset again changes nothing."""
         stats = Stats()
         if self.durable_offset is not None and offset <= self.durable_offset:
             return Applied([], stats)  # a replay of a record the store holds in full
@@ -289,9 +290,10 @@ class PartitionLedger:
         bucket = ingest_ms // _DEDUP_BUCKET_MS
         # The two halves of an event routed to both levels may meet in one ledger: they are not
         # repeats of each other.
-        suffix = "" if level is None else f"|{level}"
-        for ev in events:
-            dkey = f"{ev.app_id}|{ev.id}{suffix}"
+        accepted_levels: list[str | None] = []
+        for i, ev in enumerate(events):
+            level = levels[i] if levels else None
+            dkey = f"{ev.app_id}|{ev.id}" if level is None else f"{ev.app_id}|{ev.id}|{level}"
             if dkey in seen_here:
                 stats.duplicates += 1
                 continue
@@ -306,10 +308,18 @@ class PartitionLedger:
                 stats.duplicates += 1
                 continue
             accepted.append(ev)
+            accepted_levels.append(level)
         # Events of a replayed record were counted the first time; an event routed to two
         # ledgers (`LEVELS`) is counted as an event where its app is.
-        stats.events = len(fresh) if level != "org" else 0
-        self._count(accepted, fresh, offset, wm, touched, skipped, stats, now_ms, level)
+        if levels:
+            stats.events = sum(
+                1
+                for ev, level in zip(accepted, accepted_levels, strict=True)
+                if id(ev) in fresh and level != "org"
+            )
+        else:
+            stats.events = len(fresh)
+        self._count(accepted, accepted_levels, fresh, offset, wm, touched, skipped, stats, now_ms)
 
         outbox: list[Pending] = []
         for key, slot in touched.items():
@@ -361,6 +371,7 @@ class PartitionLedger:
     def _count(
         self,
         events: list[ApiCall],
+        levels: list[str | None],
         fresh: set[int],
         offset: int,
         wm: int | None,
@@ -368,15 +379,14 @@ class PartitionLedger:
         skipped: set[str],
         stats: Stats,
         now_ms: int,
-        level: str | None,
     ) -> None:
         """Group the events by subject and window first: the per-window work is then done once
         per group, and events are looked at one by one only where a threshold is crossed."""
         policy = self.policy
         windows = policy.windows
-        apps, orgs = level != "org", level != "app"
         groups: dict[tuple[str, str, int, int], list[ApiCall]] = {}
-        for ev in events:
+        for ev, level in zip(events, levels, strict=True):
+            apps, orgs = level != "org", level != "app"
             org = policy.org_of(ev.app_id, ev.org_id)
             first_time = id(ev) in fresh
             if first_time and org is not None and orgs:

@@ -14,7 +14,7 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from meter.adapters.policy_file import bundled_policy_path, read_policy
-from meter.adapters.topics import TopicSpec, ensure_topics, partition_counts
+from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
 from meter.config import default_state_dir, non_empty, setting
 from meter.core.errors import ConfigError
 from meter.core.windows import format_ms
@@ -99,7 +99,7 @@ def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         bootstrap = resolve_bootstrap(configured, env)
         try:
             ensure_topics(bootstrap, [TopicSpec(topic, args.partitions)])
-            count = partition_counts(bootstrap, [topic]).get(topic, args.partitions)
+            count = settled_partition_counts(bootstrap, [topic]).get(topic, args.partitions)
         except KafkaError as exc:
             raise SimulationError(f"cannot prepare topic {topic} at {bootstrap}: {exc}") from exc
         if count > 1:

@@ -347,6 +347,10 @@ class _Generator:
         for profile in self.routing.values():
             key = f"org:{profile.org}" if profile.org is not None else f"app:{profile.app_id}"
             keys.setdefault(key, profile)
+            if profile.org is not None and not profile.known:
+                # meter counts an unknown app where its id routes and its org share where the
+                # org routes: both partitions need their watermark moved.
+                keys.setdefault(f"app:{profile.app_id}", profile)
         for n, key in enumerate(sorted(keys)):
             p = keys[key]
             flush_id = f"flush-{self.salt:016x}-{n}"

@@ -115,14 +115,25 @@ class _Route:
     windows: one addition per event instead of one per window and subject."""
 
     __slots__ = (
-        "filtered", "fpending", "hi", "key", "known", "lo", "matching", "org", "pending",
+        "filtered", "fpending", "hi", "key", "keys", "known", "lo", "matching", "org", "pending",
         "rows", "targets",
     )  # fmt: skip
 
     def __init__(self, policy: Policy, specs: tuple[WindowSpec, ...], app: str, claim: str | None):
         self.org = policy.org_of(app, claim)
-        self.key = f"org:{self.org}" if self.org is not None else f"app:{app}"
         self.known = policy.known_app(app)
+        # Where meter counts the app's totals, and every routing key the events move: an app
+        # the policy does not know, claiming an org, is counted on its own partition and its
+        # org share on the org's (meter.adapters.router.routes).
+        if self.org is None:
+            self.key = f"app:{app}"
+            self.keys: tuple[str, ...] = (self.key,)
+        elif self.known:
+            self.key = f"org:{self.org}"
+            self.keys = (self.key,)
+        else:
+            self.key = f"app:{app}"
+            self.keys = (self.key, f"org:{self.org}")
         subjects = [("app", app, policy.app_caps(app))]
         if self.org is not None:
             subjects.append(("org", self.org, policy.org_caps(self.org)))
@@ -219,8 +230,9 @@ class TruthBuilder:
             sent["late"] += bool(flags & LATE)
             sent["out_of_order"] += bool(flags & DISORDER)
             sent["flush"] += bool(flags & FLUSH)
-        if t > self.watermarks.get(route.key, -1):
-            self.watermarks[route.key] = t
+        for key in route.keys:
+            if t > self.watermarks.get(key, -1):
+                self.watermarks[key] = t
         if not route.lo <= t < route.hi:
             self._locate(route, t)
         pending = route.pending

@@ -491,9 +491,8 @@ def test_an_unknown_app_claiming_several_orgs_has_one_owner_per_state_key(policy
     claims_acme = ev("u1", 1, "u", records=5, org_id="acme")
     claims_beta = ev("u2", 2, "u", records=7, org_id="beta")
     no_claim = ev("u3", 3, "u", records=1)
-    first = app_side.apply(0, [claims_acme, claims_beta], NOW, NOW, "app")
-    app_side.apply(1, [no_claim], NOW, NOW)
-    org_side.apply(0, [claims_acme], NOW, NOW, "org")
+    first = app_side.apply(0, [claims_acme, claims_beta, no_claim], NOW, NOW, ["app", "app", None])
+    org_side.apply(0, [claims_acme], NOW, NOW, ["org"])
     app_side.flush()
     org_side.flush()
     assert slot(app_store, "app", "u", "15m", 0)["c"] == 3
@@ -502,15 +501,14 @@ def test_an_unknown_app_claiming_several_orgs_has_one_owner_per_state_key(policy
     assert not any(k.startswith(("s|app|", "m|")) for k in org_store.data)
     # one unknown-app alert, where the app is; events counted once, org usage where the org is
     assert [a["kind"] for a in alerts_of(first.outbox)] == ["unknown_app"]
-    assert first.stats.events == 2
+    assert first.stats.events == 3
     assert first.stats.calls_by_org == {}
-    second = org_side.apply(2, [ev("u4", 4, "u", org_id="acme")], NOW, NOW, "org")
+    second = org_side.apply(2, [ev("u4", 4, "u", org_id="acme")], NOW, NOW, ["org"])
     assert (second.stats.events, second.stats.calls_by_org) == (0, {"acme": 1})
     # both halves on one ledger (the app and the org hash to one partition): both count
     one = JsonStore()
     both = PartitionLedger(0, policy, LedgerSettings(grace_ms=MIN), one)
-    both.apply(0, [claims_acme], NOW, NOW, "app")
-    both.apply(1, [claims_acme], NOW, NOW, "org")
+    both.apply(0, [claims_acme, claims_acme], NOW, NOW, ["app", "org"])
     both.flush()
     assert slot(one, "app", "u", "15m", 0)["c"] == 1
     assert slot(one, "org", "acme", "15m", 0)["c"] == 1

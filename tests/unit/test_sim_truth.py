@@ -140,9 +140,13 @@ def test_sent_counts() -> None:
         "a1": "org:acme",
         "a2": "org:acme",
         "g1": "org:gov-ok",
-        "ghost": "org:acme",
+        "ghost": "app:ghost",  # an unknown app is counted where its id routes
     }
-    assert truth.watermarks == {"org:acme": T0 + 20 * MIN, "org:gov-ok": T0 + 30 * MIN}
+    assert truth.watermarks == {
+        "app:ghost": T0 + 20 * MIN,
+        "org:acme": T0 + 20 * MIN,
+        "org:gov-ok": T0 + 30 * MIN,
+    }
 
 
 def test_alerts_and_their_ids_are_exactly_meters() -> None:

@@ -67,6 +67,10 @@ def test_an_unknown_app_claiming_an_org_is_routed_to_both_owners() -> None:
         ("app:stray", "app"),
         ("org:zeta", "org"),
     )
-    routed = decode_routed(encode_routed([ApiCall("3", 0, "stray")], 5, "org"))
+    call = ApiCall("3", 0, "stray", org_id="zeta")
+    routed = decode_routed(encode_routed([call, call], 5, ["app", "org"]))
     assert routed is not None
-    assert routed.level == "org"
+    assert routed.levels == ["app", "org"]
+    plain = decode_routed(encode_routed([call], 5, [None]))
+    assert plain is not None
+    assert plain.levels is None  # nothing to say: the field is left out
