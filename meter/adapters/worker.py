@@ -6,9 +6,9 @@ record into its partition's `PartitionLedger` (state in a faust table: RocksDB p
 and publishes the outbox. faust's windowed tables are not used: window logic lives in the core.
 
 faust's consumer can drop records from its buffers in a rebalance and still commit past them. The
-routed topic's offsets are contiguous (one idempotent, non-transactional producer writes it), so
-the ledger remembers the last offset it saw: a record further on than the next one reveals records
-faust skipped, and the counter reads those itself, by offset, before it goes on.
+routed topic's offsets are contiguous (it is written without transactions, so it holds no control
+records), so the ledger remembers the last offset it saw: a record further on than the next one
+reveals records faust skipped, and the counter reads those itself, by offset, before it goes on.
 """
 
 from __future__ import annotations
