@@ -56,7 +56,7 @@ Route = tuple[str, str | None]
 def routes(policy: Policy, event: ApiCall) -> tuple[Route, ...]:
     """All events of one organisation meet on one partition: org totals need one owner. An app
     the policy does not know may claim different organisations: its app totals are counted on the
-    app's partition and its org totals on the claimed organisation's (`ledger.LEVELS`)."""
+    app's partition and its org totals on the claimed organisation's (`meter.core.ledger`)."""
     org = policy.org_of(event.app_id, event.org_id)
     if org is None:
         return ((f"app:{event.app_id}", None),)

@@ -21,8 +21,8 @@ class Routed(NamedTuple):
     ingest_ms: int | None
     """None in records written before meter carried it: use the routed record's timestamp."""
     levels: list[str | None] | None = None
-    """Per event: None (both subject levels), "app" or "org" (`meter.core.ledger.LEVELS`); None
-    when every event counts for both."""
+    """Per event: None (both subject levels), "app" or "org" (see `meter.core.ledger`); None when
+    every event counts for both."""
 
 
 def encode_routed(

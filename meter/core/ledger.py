@@ -6,6 +6,12 @@ it. All the events of one subject arrive on one partition in offset order, so a 
 offset is not above a key's `off` has already been applied to that key and is skipped for it.
 Records to publish sit in the key's outbox (`ob`) until the adapter confirms they were sent.
 
+Subject levels: an event normally counts for its app and its organisation. An app the policy does
+not know may claim different organisations in different events; such an event reaches two
+ledgers: at level "app" on the app's partition (app totals, the unknown-app alert) and at level
+"org" on the claimed organisation's partition (org totals), so every state key has one owner.
+Events of one routed record can have different levels; they are applied together.
+
 Deduplication of repeated event ids runs on ingest time (when the call's record reached Kafka),
 not event time: a retry or a re-sent record arrives soon after the original however old the
 call's event time is, so a late call is recognised just as well as a current one.
@@ -36,12 +42,6 @@ from meter.core.policy import Cap, Policy
 from meter.core.windows import WindowSpec, format_ms
 
 DAY_MS = 86_400_000
-LEVELS = ("app", "org")
-"""An event normally counts for both subject levels. An app the policy does not know may claim
-different organisations in different events; such an event then reaches two ledgers: at level
-"app" on the app's partition (app totals, the unknown-app alert) and at level "org" on the claimed
-organisation's partition (org totals), so every state key has one owner. Events of one routed
-record can have different levels; they are applied together, like any record."""
 _DEDUP_BUCKET_MS = 60_000
 NO_ENDPOINT = "(none)"
 OTHER_ENDPOINTS = "(other)"
@@ -274,7 +274,7 @@ class PartitionLedger:
         """Fold the events of the source record at `offset` into the state, then close windows the
         watermark has passed. `ingest_ms` is when the events reached Kafka (the newest of their
         input records' timestamps): ids are remembered by it. `levels`, one per event: "app" or
-        "org" counts that event for that subject level only, None for both (see `LEVELS`).
+        "org" counts that event for that subject level only, None for both (see the module doc).
         Idempotent: applying the same offset again changes nothing."""
         stats = Stats()
         if self.durable_offset is not None and offset <= self.durable_offset:
@@ -310,7 +310,7 @@ class PartitionLedger:
             accepted.append(ev)
             accepted_levels.append(level)
         # Events of a replayed record were counted the first time; an event routed to two
-        # ledgers (`LEVELS`) is counted as an event where its app is.
+        # ledgers (subject levels, in the module doc) is counted as an event where its app is.
         if levels:
             stats.events = sum(
                 1
