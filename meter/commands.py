@@ -80,6 +80,11 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add("--web-port", help="metrics/HTTP port (METER_WEB_PORT, 6066)")
     add("--tick", help="outbox reconciliation tick (METER_TICK, 5s)")
     add("--replication", help="replication factor of topics it creates (METER_REPLICATION, 1)")
+    add(
+        "--session-timeout",
+        help="how long a worker that stopped answering keeps its partitions (METER_SESSION_TIMEOUT,"
+        " 60s; 6s to 30m)",
+    )
     add("--metrics-max-apps", help="apps with their own cap series (METER_METRICS_MAX_APPS, 100)")
     add_sink_arguments(p)
     p.set_defaults(handler=cmd_worker)

@@ -117,6 +117,14 @@ def duration_ms(text: str) -> int:
     raise ValueError("expected a duration such as 90s, 15m, 1h or 1d")
 
 
+def session_timeout_ms(text: str) -> int:
+    """A consumer group session timeout: within the broker's default bounds (6 s to 30 min)."""
+    value = duration_ms(text)
+    if not 6_000 <= value <= 1_800_000:
+        raise ValueError("must be between 6s and 30m (the broker's group session bounds)")
+    return value
+
+
 def store_url(text: str) -> str:
     value = text.strip().lower()
     if value not in {"rocksdb", "memory"}:
@@ -146,6 +154,8 @@ class WorkerSettings:
     tick_ms: int = 5_000
     metrics_max_apps: int = 100
     replication: int = 1
+    session_timeout_ms: int = 60_000
+    """How long a worker that stopped answering (killed, frozen) keeps its partitions."""
 
     @property
     def routed_topic(self) -> str:
@@ -198,4 +208,7 @@ class WorkerSettings:
                 flags, env, "metrics_max_apps", "METER_METRICS_MAX_APPS", 100, positive_int
             ),
             replication=setting(flags, env, "replication", "METER_REPLICATION", 1, positive_int),
+            session_timeout_ms=setting(
+                flags, env, "session_timeout", "METER_SESSION_TIMEOUT", 60_000, session_timeout_ms
+            ),
         )

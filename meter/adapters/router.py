@@ -114,17 +114,23 @@ class Router:
                 out[tp.partition] = max(0, high - self.positions.get(tp.partition, 0))
         return out
 
+    def consumer_settings(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "group_id": router_group(s.group),
+            "client_id": f"meter-router-{s.web_host}:{s.web_port}",
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed",
+            "max_poll_records": ROUTE_BATCH,
+            "session_timeout_ms": s.session_timeout_ms,
+            "heartbeat_interval_ms": min(3_000, s.session_timeout_ms // 10),
+        }
+
     async def run(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=router_group(s.group),
-            client_id=f"meter-router-{s.web_host}:{s.web_port}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=ROUTE_BATCH,
-        )
+        consumer = AIOKafkaConsumer(**self.consumer_settings())
         self.consumer = consumer
         await consumer.start()
         try:

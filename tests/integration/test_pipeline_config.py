@@ -90,6 +90,7 @@ def test_bad_settings_exit_2_naming_the_flag_and_variable(tmp_path: Path) -> Non
         ([], {"METER_GRACE": "soon"}, "--grace / METER_GRACE"),
         (["--web-port", "99999"], {}, "--web-port / METER_WEB_PORT"),
         (["--store", "redis"], {}, "--store / METER_STORE"),
+        (["--session-timeout", "1s"], {}, "--session-timeout / METER_SESSION_TIMEOUT"),
     ]:
         result = meter("worker", "--policy", str(policy), "--bootstrap", "127.0.0.1:1", *args,
                        env=env)  # fmt: skip

@@ -74,3 +74,18 @@ def test_an_unknown_app_claiming_an_org_is_routed_to_both_owners() -> None:
     plain = decode_routed(encode_routed([call], 5, [None]))
     assert plain is not None
     assert plain.levels is None  # nothing to say: the field is left out
+
+
+def test_the_session_timeout_reaches_both_consumer_groups(tmp_path: Path) -> None:
+    policy = read_policy(EXAMPLE)
+    settings = WorkerSettings(
+        policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path, session_timeout_ms=10_000
+    )
+    worker = MeterWorker(
+        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
+    )
+    assert worker.app.conf.broker_session_timeout == 10.0
+    assert worker.app.conf.broker_heartbeat_interval == 1.0
+    router = worker.router.consumer_settings()
+    assert (router["session_timeout_ms"], router["heartbeat_interval_ms"]) == (10_000, 1_000)
+    assert router["group_id"] == f"{settings.group}-router"
