@@ -162,6 +162,16 @@ class WorkerSettings:
         return f"{self.group}-routed"
 
     @property
+    def router_group(self) -> str:
+        """The router's consumer group (the counters use `group` itself)."""
+        return f"{self.group}-router"
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """Group heartbeats well inside the session timeout: a tenth of it, at most 3 s."""
+        return min(3_000, self.session_timeout_ms // 10)
+
+    @property
     def changelog_topic(self) -> str:
         """faust names a table's changelog `<app id>-<table>-changelog`; the table is "ledger"."""
         return f"{self.group}-ledger-changelog"

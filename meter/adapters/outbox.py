@@ -7,12 +7,9 @@ the target partition from the record's own timestamp onwards and looks for its `
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-log = logging.getLogger(__name__)
+from meter.adapters.partition_reads import partition_consumer, records
 
 ID_HEADER = "meter-id"
 
@@ -23,22 +20,15 @@ async def already_published(
     """Which of `ids` are on `topic`/`partition` in records timestamped at or after `since_ms`."""
     wanted = set(ids)
     found: set[str] = set()
-    tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
+    async with partition_consumer(bootstrap, topic, partition) as (consumer, tp):
         end = (await consumer.end_offsets([tp]))[tp]
         start = (await consumer.offsets_for_times({tp: max(0, since_ms)}))[tp]
         if start is None:
             return found
-        consumer.seek(tp, start.offset)
-        while wanted - found and await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
-            for msg in batch.get(tp, ()):
-                for name, value in msg.headers or ():
-                    if name == ID_HEADER:
-                        found.add(value.decode())
-        return found & wanted
-    finally:
-        await consumer.stop()
+        async for msg in records(consumer, tp, start.offset, end):
+            for name, value in msg.headers or ():
+                if name == ID_HEADER:
+                    found.add(value.decode())
+            if not wanted - found:
+                break
+    return found & wanted

@@ -37,10 +37,6 @@ Send = Callable[..., Any]
 """`send(topic, key=, value=, headers=)` returning an awaitable that resolves once Kafka has it."""
 
 
-def router_group(group: str) -> str:
-    return f"{group}-router"
-
-
 def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:
     """When an input record reached Kafka (its timestamp), never later than now: a producer
     with a clock running ahead must not make the dedup memory forget ids early."""
@@ -118,14 +114,14 @@ class Router:
         s = self.settings
         return {
             "bootstrap_servers": self.bootstrap,
-            "group_id": router_group(s.group),
+            "group_id": s.router_group,
             "client_id": f"meter-router-{s.web_host}:{s.web_port}",
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "isolation_level": "read_committed",
             "max_poll_records": ROUTE_BATCH,
             "session_timeout_ms": s.session_timeout_ms,
-            "heartbeat_interval_ms": min(3_000, s.session_timeout_ms // 10),
+            "heartbeat_interval_ms": s.heartbeat_interval_ms,
         }
 
     async def run(self) -> None:

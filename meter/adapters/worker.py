@@ -25,9 +25,9 @@ import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.types import TP
 
-from meter.adapters.backfill import read_range
 from meter.adapters.outbox import ID_HEADER, already_published
-from meter.adapters.router import Router
+from meter.adapters.partition_reads import read_range
+from meter.adapters.router import Router, ingest_time
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import TICK, decode_routed
 from meter.config import WorkerSettings
@@ -80,11 +80,6 @@ class MeterApp(faust.App):
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
 
-def heartbeat_s(session_timeout_ms: int) -> float:
-    """Heartbeats well inside the session timeout: a tenth of it, at most faust's 3 s."""
-    return min(3.0, session_timeout_ms / 10_000)
-
-
 def _die(stage: str, exc: BaseException) -> NoReturn:
     """faust would restart a crashed agent past the failing batch, and acks it on the way out:
     counts lost. Bad input never raises (it is dead-lettered), so this is a bug or an outage:
@@ -132,7 +127,7 @@ class MeterWorker:
             topic_allow_declare=False,
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=s.session_timeout_ms / 1000,
-            broker_heartbeat_interval=heartbeat_s(s.session_timeout_ms),
+            broker_heartbeat_interval=s.heartbeat_interval_ms / 1000,
             producer_acks=-1,
             web_enabled=True,
             web_bind=s.web_host,
@@ -248,7 +243,7 @@ class MeterWorker:
         calls = routed.events
         ingest_ms = routed.ingest_ms
         if ingest_ms is None:  # written before routed records carried it
-            ingest_ms = min(timestamp_ms, now_ms) if timestamp_ms else now_ms
+            ingest_ms = ingest_time(timestamp_ms, now_ms)
         started = time.perf_counter()
         applied = ledger.apply(offset, calls, now_ms, ingest_ms, routed.levels)
         self.telemetry.applied(applied.stats, len(calls), time.perf_counter() - started)
