@@ -7,7 +7,9 @@ import logging
 import faust
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from meter.adapters.changelog import tracker_of
 from meter.adapters.sinks import SinkService, SinkSettings, is_enabled
+from meter.adapters.state_dir import discard_unless_clean, exclusive, mark_clean_stop
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
 from meter.adapters.worker import MeterWorker
@@ -65,7 +67,27 @@ def run_worker(
     sinks: SinkSettings | None = None,
 ) -> int:
     counts = prepare_topics(settings, bootstrap)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(settings.data_dir):
+        return _run(settings, policy, bootstrap, counts, verbose=verbose, sinks=sinks)
+
+
+def _run(
+    settings: WorkerSettings,
+    policy: Policy,
+    bootstrap: str,
+    counts: dict[str, int],
+    *,
+    verbose: bool,
+    sinks: SinkSettings | None,
+) -> int:
+    removed = discard_unless_clean(settings.data_dir)
+    if removed:
+        log.warning(
+            "the last run on %s did not stop cleanly: its local state (%d table partitions) was "
+            "removed and is restored from the changelog topic",
+            settings.data_dir,
+            len(removed),
+        )
     # `_created` series double the scrape size and nobody graphs them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     telemetry = Telemetry(CollectorRegistry(), policy, settings.metrics_max_apps)
@@ -87,10 +109,25 @@ def run_worker(
         settings.web_host,
         settings.web_port,
     )
-    faust.Worker(
-        worker.app,
-        loglevel="debug" if verbose else "info",
-        quiet=True,
-        override_logging=False,
-    ).execute_from_commandline()
-    return 0
+    try:
+        faust.Worker(
+            worker.app,
+            loglevel="debug" if verbose else "info",
+            quiet=True,
+            override_logging=False,
+        ).execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:
+        code = 0
+    tracker = tracker_of(worker.app)
+    if code == 0 and tracker.complete:
+        mark_clean_stop(settings.data_dir)
+    else:
+        log.warning(
+            "stopped with %d changelog record(s) unacknowledged (exit %d): the local state will "
+            "be restored from the changelog at the next start",
+            len(tracker.pending),
+            code,
+        )
+    return code

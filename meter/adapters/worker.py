@@ -25,6 +25,7 @@ import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 from faust.types import TP
 
+from meter.adapters.changelog import ChangelogTracker, LedgerTable, tracker_of
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import read_range
 from meter.adapters.router import Router, ingest_time
@@ -69,13 +70,25 @@ EXIT_PIPELINE_FAILURE = 70
 class IdempotentProducer(AIOKafkaProducer):
     """faust turns producer idempotence on only in its exactly-once mode (which has open bugs).
     Without it, a retried send whose first attempt did reach the broker writes the record twice:
-    an alert or window record published twice. The broker drops such retries when it is on."""
+    an alert or window record published twice. The broker drops such retries when it is on.
+
+    faust flushes before it commits offsets and before the counter publishes; its own flush can
+    return with changelog records still queued, so this one also waits for every changelog record
+    to be acknowledged (`meter.adapters.changelog`)."""
 
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
+    async def flush(self) -> None:
+        await super().flush()
+        await tracker_of(self.app).wait()
+
 
 class MeterApp(faust.App):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changelog_tracker = ChangelogTracker(lambda exc: _die("changelog", exc))
+
     def _new_producer(self) -> Any:
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
@@ -129,6 +142,7 @@ class MeterWorker:
             broker_session_timeout=s.session_timeout_ms / 1000,
             broker_heartbeat_interval=s.heartbeat_interval_ms / 1000,
             producer_acks=-1,
+            producer_max_request_size=1_048_576,
             web_enabled=True,
             web_bind=s.web_host,
             web_host=s.web_host,
@@ -146,12 +160,16 @@ class MeterWorker:
         self.dlq = raw_topic(s.dlq_topic)
         self.alerts = raw_topic(s.alerts_topic)
         self.windows = raw_topic(s.windows_topic)
-        self.table = app.Table(
-            "ledger",
-            default=None,
-            partitions=s.partitions,
-            key_type=bytes,
-            value_type=bytes,
+        self.table = app.tables.add(
+            LedgerTable(
+                app,
+                name="ledger",
+                default=None,
+                beacon=app.tables.beacon,
+                partitions=s.partitions,
+                key_type=bytes,
+                value_type=bytes,
+            )
         )
         self.store = TableStore(self.table)
         self.topics = {

@@ -117,17 +117,18 @@ def alerts_reach(d: Deployment, n: int) -> Callable[[], bool]:
 
 
 def finish_and_check(d: Deployment, sent: list[Event]) -> None:
-    """Close every window, then check final totals and alerts against what was sent."""
+    """Close every window, wait until the pipeline has done everything with it, then check final
+    totals and alerts against what was sent."""
     d.wait_consumed(timeout=120)
     d.send_events([event(f"push-{org}", ms("2022-03-02T12:00"), f"{org}-1") for org in ORGS])
+    d.wait_settled(timeout=180)
 
     want = {k: t.as_json() for k, t in expected_totals(sent, SIZES, ORG_OF).items()}
     assert len(want) == 9 * 6 + 9 * 2 + 3 * 6 + 3 * 2
-    d.settled_windows(want.keys(), timeout=120, quiet=4.0)
     records = d.windows(expect=None, timeout=30)
     windows = values_of(records)
     expected = expected_cap_alerts(sent, caps_of, ORG_OF)
-    alert_records = d.alerts(expect=len(expected), timeout=60, settle=3.0)
+    alert_records = d.alerts(expect=None, timeout=30)
     alerts = values_of(alert_records)
 
     # Published exactly once: no id twice on either topic, and ids match the meter-id header.

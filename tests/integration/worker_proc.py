@@ -327,7 +327,14 @@ def _names_port(text: str, port: int) -> bool:
 class WorkerProcess:
     """One `python -m meter.cli worker ...` subprocess, logging to a file."""
 
-    def __init__(self, args: list[str], log_path: Path, web_port: int, data_dir: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        web_port: int,
+        data_dir: Path,
+        module: str = "meter.cli",
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self.web_port = web_port
@@ -338,7 +345,7 @@ class WorkerProcess:
         env["METER_STATE_DIR"] = str(data_dir.parent / "state")
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meter.cli", *args],
+            [sys.executable, "-m", module, *args],
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -440,7 +447,13 @@ class Deployment:
         )
 
     # workers ------------------------------------------------------------------------------
-    def start_worker(self, data_dir: Path | None = None, label: str | None = None) -> WorkerProcess:
+    def start_worker(
+        self,
+        data_dir: Path | None = None,
+        label: str | None = None,
+        module: str = "meter.cli",
+    ) -> WorkerProcess:
+        """Start `meter worker` (`module` runs it: a test wrapper may patch faust first)."""
         n = len(self.workers)
         label = label or f"w{n}"
         data_dir = data_dir or self.workdir / f"data-{label}"
@@ -461,7 +474,9 @@ class Deployment:
             "--data-dir", str(data_dir),
             *self.extra,
         ]  # fmt: skip
-        worker = WorkerProcess(args, self.workdir / f"worker-{n}-{label}.log", port, data_dir)
+        worker = WorkerProcess(
+            args, self.workdir / f"worker-{n}-{label}.log", port, data_dir, module
+        )
         self.workers.append(worker)
         return worker
 
@@ -549,6 +564,18 @@ class Deployment:
                 return float(line.split()[1])
         return 0.0
 
+    def metric_total(self, worker: WorkerProcess, name: str) -> float:
+        """The sum of every series of metric `name` on a worker's /metrics page."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((f"{name} ", f"{name}{{"))
+        )
+
     # output -------------------------------------------------------------------------------
     def read(
         self, topic: str, expect: int | None, timeout: float = 120.0, settle: float = 3.0
@@ -583,6 +610,55 @@ class Deployment:
                 if assigned and _names_port(str(m.get("member_metadata")), w.web_port):
                     ports.append(w.web_port)
         return sorted(ports)
+
+    def routed_offsets(self) -> dict[int, tuple[int, int]]:
+        """Per routed partition: (the counting group's committed offset, the end offset)."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="meter-tests")
+        try:
+            parts = [
+                TopicPartition(self.routed_topic, p)
+                for p in sorted(consumer.partitions_for_topic(self.routed_topic) or ())
+            ]
+            ends = consumer.end_offsets(parts)
+            try:
+                committed = admin.list_group_offsets({self.group: None}).get(self.group, {})
+            except KafkaError:
+                committed = {}
+            out = {}
+            for tp in parts:
+                done = committed.get(tp)
+                out[tp.partition] = (done.offset if done is not None else -1, ends[tp])
+            return out
+        finally:
+            admin.close()
+            consumer.close()
+
+    def wait_settled(self, timeout: float = 120.0) -> None:
+        """Wait until the pipeline has done everything with what was produced so far: the input
+        routed and committed, every routed record up to now counted and committed, and every
+        running worker's outbox empty (all outputs acknowledged by Kafka). Outputs read after
+        this are final; reading on "nothing new for a while" can catch a worker mid-recovery."""
+        self.wait_consumed(timeout)
+        ends = {p: end for p, (_, end) in self.routed_offsets().items()}
+
+        def counted() -> bool:
+            now = self.routed_offsets()
+            return all(now[p][0] >= end for p, end in ends.items())
+
+        wait_until(counted, timeout, interval=0.5, what="the routed records to be counted",
+                   abort=self.died)  # fmt: skip
+
+        def drained() -> bool:
+            try:
+                return all(
+                    self.metric_total(w, "meter_outbox_pending_records") == 0
+                    for w in self.running()
+                )
+            except OSError:  # a worker not serving its page yet
+                return False
+
+        wait_until(drained, timeout, interval=0.5, what="every outbox to drain", abort=self.died)
 
     def input_offsets(self) -> dict[int, tuple[int, int]]:
         """Per input partition: (the router group's committed offset, the end offset)."""
