@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from aiokafka.structs import ConsumerRecord
 
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import dlq_headers, encode_routed
+from meter.adapters.wire import dead_letter, encode_routed_chunks
 from meter.config import WorkerSettings
 from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.policy import Policy
@@ -180,8 +180,8 @@ class Router:
         for key, (events, levels) in by_key.items():
             for i in range(0, len(events), MAX_ROUTED_EVENTS):
                 j = i + MAX_ROUTED_EVENTS
-                value = encode_routed(events[i:j], ingest_ms, levels[i:j])
-                pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
+                for value in encode_routed_chunks(events[i:j], ingest_ms, levels[i:j]):
+                    pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
         # Everything this batch produced is in Kafka before its input offsets are committed.
         await asyncio.gather(*pending)
         self.telemetry.routed(sum(len(r) for r in batch.values()))
@@ -199,9 +199,7 @@ class Router:
             first.detail,
         )
         self.telemetry.rejected(rejections)
+        letter = dead_letter(msg.value, rejections, msg.topic, msg.partition, msg.offset)
         return await self.send(
-            self.settings.dlq_topic,
-            key=f"{msg.topic}:{msg.partition}:{msg.offset}".encode(),
-            value=msg.value,
-            headers=dlq_headers(rejections, msg.topic, msg.partition, msg.offset),
+            self.settings.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
         )

@@ -6,6 +6,7 @@ their ingest time: the newest timestamp of the input records they came from.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -14,6 +15,13 @@ from meter.core.events import ApiCall, Rejection
 
 TICK = b'{"tick":1}'
 MAX_DLQ_REASONS = 100
+MAX_RECORD_BYTES = 1_000_000
+"""Largest record the worker writes: under the producer's request limit (1 MiB) and the broker's
+default `max.message.bytes`, with room for the record's framing."""
+MAX_ROUTED_BYTES = 512 * 1024
+"""A routed record is cut into several when its events would encode to more than this."""
+TRUNCATED_BYTES = 64 * 1024
+"""How much of an oversized bad record its dead-letter copy keeps."""
 
 
 class Routed(NamedTuple):
@@ -23,6 +31,22 @@ class Routed(NamedTuple):
     levels: list[str | None] | None = None
     """Per event: None (both subject levels), "app" or "org" (see `meter.core.ledger`); None when
     every event counts for both."""
+
+
+def encode_routed_chunks(
+    events: Sequence[ApiCall],
+    ingest_ms: int,
+    levels: Sequence[str | None] | None = None,
+    max_bytes: int = MAX_ROUTED_BYTES,
+) -> list[bytes]:
+    """The events as routed records of at most `max_bytes` each (one record when they fit)."""
+    value = encode_routed(events, ingest_ms, levels)
+    if len(value) <= max_bytes or len(events) == 1:
+        return [value]
+    half = len(events) // 2
+    return encode_routed_chunks(
+        events[:half], ingest_ms, levels[:half] if levels else None, max_bytes
+    ) + encode_routed_chunks(events[half:], ingest_ms, levels[half:] if levels else None, max_bytes)
 
 
 def encode_routed(
@@ -57,16 +81,26 @@ def decode_routed(value: bytes) -> Routed | None:
     return Routed([ApiCall(*row) for row in rows], doc.get("i"), doc.get("l"))
 
 
-def dlq_headers(
-    rejections: Sequence[Rejection], topic: str, partition: int, offset: int
-) -> list[tuple[str, bytes]]:
-    """Headers of a dead-letter record; its value is the original bytes, untouched."""
+class DeadLetter(NamedTuple):
+    key: bytes
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(
+    value: bytes | None, rejections: Sequence[Rejection], topic: str, partition: int, offset: int
+) -> DeadLetter:
+    """The dead-letter record of a rejected input record: its original bytes, untouched, with
+    headers saying why. A copy that would exceed `MAX_RECORD_BYTES` (the input may be just under
+    the broker's limit, and the headers add to it) keeps only the first `TRUNCATED_BYTES`, and
+    headers give the original's size and SHA-256: it can always be written."""
     first = rejections[0]
     listed = [
         {"index": r.index, "reason": r.reason, "detail": r.detail}
         for r in rejections[:MAX_DLQ_REASONS]
     ]
-    return [
+    key = f"{topic}:{partition}:{offset}".encode()
+    headers = [
         ("meter-reason", first.reason.encode()),
         ("meter-detail", first.detail.encode()),
         ("meter-rejections", json.dumps(listed).encode()),
@@ -75,3 +109,12 @@ def dlq_headers(
         ("meter-source-partition", str(partition).encode()),
         ("meter-source-offset", str(offset).encode()),
     ]
+    size = len(key) + len(value or b"") + sum(len(k) + len(v) + 8 for k, v in headers) + 128
+    if value is not None and size > MAX_RECORD_BYTES:
+        headers += [
+            ("meter-truncated", b"true"),
+            ("meter-original-bytes", str(len(value)).encode()),
+            ("meter-original-sha256", hashlib.sha256(value).hexdigest().encode()),
+        ]
+        value = value[:TRUNCATED_BYTES]
+    return DeadLetter(key, value, headers)

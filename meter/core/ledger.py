@@ -43,6 +43,7 @@ from meter.core.windows import WindowSpec, format_ms
 
 DAY_MS = 86_400_000
 _DEDUP_BUCKET_MS = 60_000
+_IDS_PER_BLOCK = 1000  # ids are at most ~260 bytes: a block stays far below Kafka's record limit
 NO_ENDPOINT = "(none)"
 OTHER_ENDPOINTS = "(other)"
 
@@ -254,9 +255,12 @@ class PartitionLedger:
     def flush(self) -> int:
         """Persist everything applied so far (new ids as one block per time bucket)."""
         for bucket, ids in self._new_ids.items():
-            key = f"d|{self.partition}|{bucket}|{self.last_offset}"
-            self.state.put(key, {"p": self.partition, "t": bucket, "ids": ids})
-            self._bucket_blocks.setdefault(bucket, []).append(key)
+            items = list(ids.items())
+            for n, i in enumerate(range(0, len(items), _IDS_PER_BLOCK)):
+                block = dict(items[i : i + _IDS_PER_BLOCK])
+                key = f"d|{self.partition}|{bucket}|{self.last_offset}" + (f"|{n}" if n else "")
+                self.state.put(key, {"p": self.partition, "t": bucket, "ids": block})
+                self._bucket_blocks.setdefault(bucket, []).append(key)
         self._new_ids = {}
         n = self.state.flush(last=self._meta_key)
         self.durable_offset = self.last_offset

@@ -4,12 +4,14 @@ original bytes and the reasons, while the worker keeps counting the good ones.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from tests.integration.worker_proc import (
     DAY_MS,
@@ -229,4 +231,57 @@ def test_malformed_input_is_dead_lettered_and_the_worker_keeps_counting(
     windows = d.settled_windows(want.keys(), timeout=60)
     assert totals_of(windows) == want
     assert want[("app", "plain", "15m", t)]["calls"] == 7  # t - 1 is in the previous window
+    d.stop_all()
+
+
+def test_records_near_the_brokers_size_limit_are_dead_lettered_or_counted(
+    deployments: Callable[..., Deployment],
+) -> None:
+    """A bad record just under the broker's maximum cannot be copied whole to the dead-letter
+    topic (the headers push it over the limit): its copy keeps the first 64 KiB and says so.
+    Valid events with long fields, a batch near the limit and thousands of single-event records
+    of one organisation in one poll, are routed in records that fit, and all of them count."""
+    d = deployments(POLICY, partitions=2)
+    worker = d.start_worker()
+    t = ms("2022-03-01T10:00")
+    huge = b"\xff" + bytes(random.Random(7).getrandbits(8) for _ in range(1_048_300))
+    long_fields = {"endpoint": "/" + "e" * 255}
+    batch = [
+        {**event(f"{'b' * 100}-{i:04d}", t + i, "batched", records=1), **long_fields}
+        for i in range(1200)
+    ]
+    singles = [
+        {**event(f"{'s' * 100}-{i:04d}", t + i, "plain", records=2), **long_fields}
+        for i in range(3000)
+    ]
+    producer = KafkaProducer(
+        bootstrap_servers=d.bootstrap, acks="all", linger_ms=20, max_request_size=1_100_000
+    )
+    try:
+        sent = producer.send(d.input_topic, value=huge, partition=0).get(timeout=30)
+        assert len(dumps(batch)) > 500_000
+        producer.send(d.input_topic, value=dumps(batch), partition=0)
+        for ev in singles:
+            producer.send(d.input_topic, value=dumps(ev), partition=1)
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+
+    dead = d.dlq(expect=1, timeout=60, settle=2.0)
+    assert worker.alive()
+    assert len(dead) == 1
+    rec = dead[0]
+    assert header(rec, "meter-reason") == b"not_utf8"
+    assert header(rec, "meter-source-offset") == str(sent.offset).encode()
+    assert header(rec, "meter-truncated") == b"true"
+    assert header(rec, "meter-original-bytes") == str(len(huge)).encode()
+    assert header(rec, "meter-original-sha256") == hashlib.sha256(huge).hexdigest().encode()
+    assert rec.value == huge[: 64 * 1024]
+
+    d.wait_consumed()
+    d.send_events([event("push", t + DAY_MS, "plain")], partition=1)
+    want = {k: v.as_json() for k, v in expected_totals(batch + singles, SIZES, ORG_OF).items()}
+    windows = d.settled_windows(want.keys(), timeout=60)
+    assert totals_of(windows) == want
+    assert worker.alive()
     d.stop_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -10,10 +11,18 @@ from prometheus_client import CollectorRegistry
 from meter.adapters.policy_file import read_policy
 from meter.adapters.router import ingest_time, routes
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import TICK, decode_routed, encode_routed
+from meter.adapters.wire import (
+    MAX_RECORD_BYTES,
+    TICK,
+    TRUNCATED_BYTES,
+    dead_letter,
+    decode_routed,
+    encode_routed,
+    encode_routed_chunks,
+)
 from meter.adapters.worker import MeterWorker
 from meter.config import WorkerSettings
-from meter.core.events import ApiCall
+from meter.core.events import ApiCall, Rejection
 
 EXAMPLE = Path(__file__).parents[2] / "meter" / "examples" / "demo-2022.yaml"
 
@@ -89,3 +98,30 @@ def test_the_session_timeout_reaches_both_consumer_groups(tmp_path: Path) -> Non
     router = worker.router.consumer_settings()
     assert (router["session_timeout_ms"], router["heartbeat_interval_ms"]) == (10_000, 1_000)
     assert router["group_id"] == f"{settings.group}-router"
+
+
+def test_routed_records_are_cut_to_fit_the_size_limit() -> None:
+    calls = [ApiCall(f"{i:0100d}", i, "a1", None, "/" + "e" * 255, 1) for i in range(100)]
+    levels: list[str | None] = ["app", "org"] * 50
+    chunks = encode_routed_chunks(calls, 9, levels, max_bytes=8_000)
+    assert len(chunks) > 4
+    assert all(len(c) <= 8_000 for c in chunks)
+    decoded = [decode_routed(c) for c in chunks]
+    assert [e for r in decoded if r for e in r.events] == calls
+    assert [lv for r in decoded if r for lv in r.levels or ()] == levels
+    assert encode_routed_chunks(calls[:2], 9) == [encode_routed(calls[:2], 9)]
+
+
+def test_a_dead_letter_copy_that_would_not_fit_keeps_the_head_and_says_so() -> None:
+    rejection = [Rejection("not_utf8", "not UTF-8 at byte 0", None)]
+    small = dead_letter(b"\xffabc", rejection, "calls", 2, 17)
+    assert (small.key, small.value) == (b"calls:2:17", b"\xffabc")
+    assert "meter-truncated" not in dict(small.headers)
+    value = b"\xff" + b"x" * (MAX_RECORD_BYTES - 100)
+    big = dead_letter(value, rejection, "calls", 2, 18)
+    headers = dict(big.headers)
+    assert big.value == value[:TRUNCATED_BYTES]
+    assert headers["meter-truncated"] == b"true"
+    assert headers["meter-original-bytes"] == str(len(value)).encode()
+    assert headers["meter-original-sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert headers["meter-reason"] == b"not_utf8"
