@@ -73,12 +73,30 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--dedup-horizon",
         help="how long event ids are remembered, in ingest time (METER_DEDUP_HORIZON, 1h)",
     )
-    add("--late-horizon", help="how long closed windows stay amendable (METER_LATE_HORIZON, 1d)")
+    add(
+        "--late-horizon",
+        help="how long closed windows keep every breakdown (METER_LATE_HORIZON, 1d)",
+    )
+    add(
+        "--history-horizon",
+        help="how long after that their totals are kept; older events are dead-lettered "
+        "(METER_HISTORY_HORIZON, 35d)",
+    )
+    add(
+        "--idle-timeout",
+        help="an input partition read to its end without events for this long stops holding "
+        "back event time (METER_IDLE_TIMEOUT, 30s)",
+    )
+    add(
+        "--max-future-skew",
+        help="events dated further ahead of their arrival are dead-lettered "
+        "(METER_MAX_FUTURE_SKEW, 5m)",
+    )
     add("--store", help="state store: rocksdb or memory (METER_STORE, rocksdb)")
     add("--data-dir", help="state directory (METER_DATA_DIR, var/worker/<group>-<port>)")
     add("--web-host", help="metrics/HTTP bind address (METER_WEB_HOST, 127.0.0.1)")
     add("--web-port", help="metrics/HTTP port (METER_WEB_PORT, 6066)")
-    add("--tick", help="outbox reconciliation tick (METER_TICK, 5s)")
+    add("--tick", help="progress reports when nothing else moves (METER_TICK, 1s)")
     add("--replication", help="replication factor of topics it creates (METER_REPLICATION, 1)")
     add(
         "--session-timeout",

@@ -147,11 +147,18 @@ class WorkerSettings:
     grace_ms: int = 60_000
     dedup_horizon_ms: int = 3_600_000
     late_horizon_ms: int = 86_400_000
+    history_horizon_ms: int = 35 * 86_400_000
+    idle_timeout_ms: int = 30_000
+    """An input partition read to its end without events for this long no longer holds back
+    the watermark; when all are idle, windows close on the wall clock."""
+    max_future_skew_ms: int = 300_000
+    """Events dated further ahead of their arrival in Kafka are dead-lettered (future_time)."""
     store: str = "rocksdb"
     data_dir: Path = Path("var/worker")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    tick_ms: int = 5_000
+    tick_ms: int = 1_000
+    """How often routers report progress when nothing else moves."""
     metrics_max_apps: int = 100
     replication: int = 1
     session_timeout_ms: int = 60_000
@@ -209,11 +216,20 @@ class WorkerSettings:
             late_horizon_ms=setting(
                 flags, env, "late_horizon", "METER_LATE_HORIZON", 86_400_000, duration_ms
             ),
+            history_horizon_ms=setting(
+                flags, env, "history_horizon", "METER_HISTORY_HORIZON", 35 * 86_400_000, duration_ms
+            ),
+            idle_timeout_ms=setting(
+                flags, env, "idle_timeout", "METER_IDLE_TIMEOUT", 30_000, duration_ms
+            ),
+            max_future_skew_ms=setting(
+                flags, env, "max_future_skew", "METER_MAX_FUTURE_SKEW", 300_000, duration_ms
+            ),
             store=setting(flags, env, "store", "METER_STORE", "rocksdb", store_url),
             data_dir=setting(flags, env, "data_dir", "METER_DATA_DIR", default_data, Path),
             web_host=setting(flags, env, "web_host", "METER_WEB_HOST", "127.0.0.1", non_empty),
             web_port=web_port,
-            tick_ms=setting(flags, env, "tick", "METER_TICK", 5_000, duration_ms),
+            tick_ms=setting(flags, env, "tick", "METER_TICK", 1_000, duration_ms),
             metrics_max_apps=setting(
                 flags, env, "metrics_max_apps", "METER_METRICS_MAX_APPS", 100, positive_int
             ),

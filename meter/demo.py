@@ -33,6 +33,10 @@ from meter.sim.truth import load_truth
 
 DEMO_POLICY = Path(__file__).resolve().parent / "examples" / "demo-2022.yaml"
 GRACE = "60s"
+IDLE_TIMEOUT = "10s"
+"""Once the replay has been sent, the input partitions go idle after this and every window
+closes; the simulator never pauses that long while it sends."""
+INPUT_PARTITIONS = 4
 
 
 def out(line: str) -> None:
@@ -110,13 +114,27 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str
 
 
 def metric(url: str, name: str) -> float | None:
+    """The value of an unlabelled metric, None when the page or the metric is not there."""
+    values = metric_values(url, name)
+    return values[0] if values else None
+
+
+def metric_values(url: str, name: str) -> list[float] | None:
+    """Every series of metric `name` (labelled or not); None when the page cannot be read."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own loopback URL
             text = resp.read().decode()
     except OSError:
         return None
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else None
+    pattern = rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$"
+    return [float(v) for v in re.findall(pattern, text, re.MULTILINE)]
+
+
+def all_closed(url: str, until_s: float) -> bool:
+    """Whether every partition's windows have closed up to `until_s` and every output is out."""
+    watermarks = metric_values(url, "meter_watermark_seconds")
+    pending = metric_values(url, "meter_outbox_pending_records")
+    return bool(watermarks) and min(watermarks or [0]) >= until_s and not any(pending or [1])
 
 
 @contextlib.contextmanager
@@ -150,9 +168,7 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     tail: AlertTail | None = None
     with kafka_for_demo(env) as bootstrap:
         try:
-            # One input partition: a year compressed into minutes turns any skew between input
-            # partitions into hours of event time, past the late horizon.
-            ensure_topics(bootstrap, [TopicSpec(names["api-calls"], 1)])
+            ensure_topics(bootstrap, [TopicSpec(names["api-calls"], INPUT_PARTITIONS)])
             worker_env = dict(
                 os.environ,
                 METER_KAFKA_BOOTSTRAP=bootstrap,
@@ -165,6 +181,7 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 METER_DATA_DIR=str(state / "worker"),
                 METER_WEB_PORT=str(web_port),
                 METER_GRACE=GRACE,
+                METER_IDLE_TIMEOUT=IDLE_TIMEOUT,
             )
             state.mkdir(parents=True, exist_ok=True)
             log_path = state / "worker.log"
@@ -200,6 +217,9 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             expected = int(truth.sent["calls"])
             out(f"all sent; waiting for the worker to count {expected:,} calls ...")
             _wait(lambda: (metric(metrics_url, "meter_events_total") or 0) >= expected, worker, 600)
+            last_end = max(w.end_ms for w in truth.windows) + duration_ms(GRACE)
+            out("counted; waiting for the input to go idle and every window to close ...")
+            _wait(lambda: all_closed(metrics_url, last_end / 1000), worker, 300)
             windows = read_topic(bootstrap, names["windows"])
             time.sleep(2)  # the last alerts of the last batch
             tail.stopping.set()

@@ -1,5 +1,5 @@
 """Stage 1, the router: decode input records, dead-letter the bad parts, re-key the valid events by
-organisation onto the routed topic.
+organisation onto the routed topic, and report event-time progress to every routed partition.
 
 The router is a plain aiokafka consumer in its own group (`<group>-router`), not a faust agent:
 faust's offset bookkeeping can commit past records it dropped from its buffers during a
@@ -7,12 +7,18 @@ rebalance, which lost input records in chaos runs. Here the rule is simple and l
 routed and dead-letter records are acknowledged by Kafka before the batch's input offsets are
 committed, and a rebalance waits for the batch in hand. A batch cut short by a crash is routed
 again by the next owner; the counter recognises the repeats by event id.
+
+After the events it covers, the router sends each routed partition a progress report on every
+input partition it reads (`meter.adapters.sources`), at most every `REPORT_MS` after a batch and
+every `--tick` when nothing moves: the counters close windows on the minimum over all input
+partitions, so no partition read first can make the others' events late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,8 +26,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 
+from meter.adapters.sources import SourceTracker
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import dead_letter, encode_routed_chunks
+from meter.adapters.wire import dead_letter, encode_report, encode_routed_chunks
 from meter.config import WorkerSettings
 from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.policy import Policy
@@ -32,9 +39,12 @@ ROUTE_BATCH = 5000
 """Input records per batch (one poll): each batch becomes one routed record per organisation."""
 MAX_ROUTED_EVENTS = 5000
 POLL_MS = 50
+REPORT_MS = 200
+"""Progress reports follow batches at most this often (ms)."""
 
 Send = Callable[..., Any]
-"""`send(topic, key=, value=, headers=)` returning an awaitable that resolves once Kafka has it."""
+"""`send(topic, key=, value=, headers=, partition=)` returning an awaitable that resolves once
+Kafka has the record."""
 
 
 def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:
@@ -61,18 +71,19 @@ def routes(policy: Policy, event: ApiCall) -> tuple[Route, ...]:
     return ((f"app:{event.app_id}", "app"), (f"org:{org}", "org"))
 
 
-class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """A rebalance waits until the batch in hand is routed and committed."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
+    def __init__(self, router: Router) -> None:
+        self.router = router
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        async with self.lock:
+        async with self.router.lock:
             pass
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("router: input partitions %s", sorted(tp.partition for tp in assigned))
+        self.router.sources.assigned((tp.partition for tp in assigned), time.monotonic())
 
 
 class Router:
@@ -96,7 +107,11 @@ class Router:
         self.consumer: AIOKafkaConsumer | None = None
         self.positions: dict[int, int] = {}
         """Per input partition: the next offset to route (for the lag gauge)."""
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
+        self.sources = SourceTracker(
+            settings.idle_timeout_ms / 1000, max(settings.grace_ms, ALIGN_MIN_DRIFT_MS)
+        )
+        self._reported_s = 0.0
 
     def lag(self) -> dict[int, int]:
         """Per assigned input partition: records not yet routed (best effort, for metrics)."""
@@ -129,19 +144,64 @@ class Router:
         consumer = AIOKafkaConsumer(**self.consumer_settings())
         self.consumer = consumer
         await consumer.start()
+        heartbeat = asyncio.ensure_future(self._heartbeat(consumer))
         try:
-            consumer.subscribe([s.input_topic], listener=_WaitForBatch(self._lock))
+            consumer.subscribe([s.input_topic], listener=_Rebalance(self))
             while True:
                 batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=ROUTE_BATCH)
                 if not batch:
                     continue
-                async with self._lock:
+                async with self.lock:
                     # Any failure propagates: nothing of this batch is committed.
-                    await self._route(batch)
+                    pending = await self._route(batch)
+                    if time.monotonic() - self._reported_s >= REPORT_MS / 1000:
+                        pending += await self._report(consumer)
+                    await asyncio.gather(*pending)
+                    self.telemetry.routed(sum(len(r) for r in batch.values()))
                     await self._commit(consumer, batch)
+                    self._align(consumer)
         finally:
+            heartbeat.cancel()
             self.consumer = None
             await consumer.stop()
+
+    async def _heartbeat(self, consumer: AIOKafkaConsumer) -> None:
+        """Progress reports while no batch comes: idle partitions are reported as idle."""
+        interval = self.settings.tick_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self._reported_s < interval:
+                continue
+            async with self.lock:
+                await asyncio.gather(*await self._report(consumer))
+
+    async def _report(self, consumer: AIOKafkaConsumer) -> list[Any]:
+        """Send every routed partition the progress of the input partitions read here; returns
+        the sends' futures."""
+        s = self.settings
+        now_s = time.monotonic()
+        self._reported_s = now_s
+        assignment = [tp for tp in consumer.assignment() if tp.topic == s.input_topic]
+        if not assignment:
+            return []
+        self.sources.positions({tp.partition: _caught_up(consumer, tp) for tp in assignment})
+        partitions = len(consumer.partitions_for_topic(s.input_topic) or ()) or len(assignment)
+        report = self.sources.report(partitions, int(self.clock() * 1000), now_s)
+        value = encode_report(report)
+        return [
+            await self.send(s.routed_topic, key=None, value=value, partition=r)
+            for r in range(s.partitions)
+        ]
+
+    def _align(self, consumer: AIOKafkaConsumer) -> None:
+        pause, resume = self.sources.ahead(time.monotonic())
+        topic = self.settings.input_topic
+        assigned = {tp.partition for tp in consumer.assignment()}
+        paused = {tp.partition for tp in consumer.paused()}
+        if pause - paused:
+            log.debug("router: pausing input partitions %s (ahead in event time)", pause)
+        consumer.pause(*(TopicPartition(topic, p) for p in pause & assigned))
+        consumer.resume(*(TopicPartition(topic, p) for p in resume & paused & assigned))
 
     async def _commit(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[ConsumerRecord]]
@@ -157,19 +217,26 @@ class Router:
         for tp, offset in offsets.items():
             self.positions[tp.partition] = offset
 
-    async def _route(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _route(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> list[Any]:
+        """Hand the batch's routed and dead-letter records to the producer; returns the sends'
+        futures."""
         s = self.settings
         now_ms = int(self.clock() * 1000)
-        ingest_ms = 0
+        now_s = time.monotonic()
+        skew = s.max_future_skew_ms
+        newest_ingest = 0
         by_key: dict[str, tuple[list[ApiCall], list[str | None]]] = {}
         pending = []
-        for records in batch.values():
+        progress: list[tuple[int, int, int]] = []
+        for tp, records in batch.items():
             for msg in records:
-                ingest_ms = max(ingest_ms, ingest_time(msg.timestamp, now_ms))
-                decoded = decode_record(msg.value, list(msg.headers or ()))
+                ingest_ms = ingest_time(msg.timestamp, now_ms)
+                newest_ingest = max(newest_ingest, ingest_ms)
+                decoded = decode_record(msg.value, list(msg.headers or ()), ingest_ms + skew)
                 if decoded.rejections:
                     pending.append(await self._dead_letter(msg, decoded.rejections))
                 for ev in decoded.events:
+                    progress.append((tp.partition, ev.time_ms, ingest_ms))
                     for key, level in routes(self.policy, ev):
                         held = by_key.get(key)
                         if held is None:
@@ -180,11 +247,11 @@ class Router:
         for key, (events, levels) in by_key.items():
             for i in range(0, len(events), MAX_ROUTED_EVENTS):
                 j = i + MAX_ROUTED_EVENTS
-                for value in encode_routed_chunks(events[i:j], ingest_ms, levels[i:j]):
+                for value in encode_routed_chunks(events[i:j], newest_ingest, levels[i:j]):
                     pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
-        # Everything this batch produced is in Kafka before its input offsets are committed.
-        await asyncio.gather(*pending)
-        self.telemetry.routed(sum(len(r) for r in batch.values()))
+        for partition, event_ms, ingest_ms in progress:
+            self.sources.routed(partition, event_ms, ingest_ms, now_s)
+        return pending
 
     async def _dead_letter(self, msg: ConsumerRecord, rejections: list[Rejection]) -> Any:
         """Send the original record to the dead-letter topic; returns the send's future."""
@@ -203,3 +270,21 @@ class Router:
         return await self.send(
             self.settings.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
         )
+
+
+ALIGN_MIN_DRIFT_MS = 15 * 60_000
+"""Catch-up alignment lets partitions run apart by the grace, and never less than this."""
+
+
+def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """Whether everything up to the partition's (last stable) end has been fetched and routed."""
+    end = consumer.last_stable_offset(tp)
+    if end is None or end < 0:
+        end = consumer.highwater(tp)
+    if end is None:
+        return False
+    try:  # aiokafka keeps the fetch position per partition; no public synchronous getter
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return bool(state.has_valid_position and state.position >= end)
+    except (AttributeError, KeyError, TypeError):
+        return False

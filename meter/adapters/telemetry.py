@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from meter.core.events import REASONS, Rejection
 from meter.core.ledger import CapUsage, Pending, Stats
-from meter.core.outputs import ALERTS
+from meter.core.outputs import ALERTS, WINDOWS
 from meter.core.policy import Policy
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class Telemetry:
             self.unknown.inc(stats.unknown_app)
         if stats.replayed:
             self.replayed.inc(stats.replayed)
+        if stats.too_late:
+            self.dead.labels("too_late").inc(stats.too_late)
         for org, calls in stats.calls_by_org.items():
             self.calls.labels(self._org(org)).inc(calls)
         for org, recs in stats.records_by_org.items():
@@ -143,7 +145,7 @@ class Telemetry:
             v = p.record.value
             if p.record.kind == ALERTS:
                 self.alerts.labels(v["kind"], v["severity"]).inc()
-            else:
+            elif p.record.kind == WINDOWS:
                 self.windows.labels("final" if v["revision"] == 0 else "amendment").inc()
 
     def install(self, app: Any, worker: MeterWorker) -> None:
@@ -215,11 +217,19 @@ class WorkerCollector(Collector):
         yield ratio
 
         wm = GaugeMetricFamily(
-            "meter_watermark_seconds", "Event-time watermark (epoch s)", labels=["partition"]
+            "meter_watermark_seconds",
+            "Watermark windows close on (epoch s): event time all active input partitions have"
+            " reached, or the routers' clock when every input partition is idle",
+            labels=["partition"],
+        )
+        event_wm = GaugeMetricFamily(
+            "meter_event_watermark_seconds",
+            "Event time all active input partitions have reached (epoch s); state expires on it",
+            labels=["partition"],
         )
         lag = GaugeMetricFamily(
             "meter_event_time_lag_seconds",
-            "Wall clock minus the event-time watermark",
+            "Wall clock minus the watermark windows close on",
             labels=["partition"],
         )
         keys = GaugeMetricFamily(
@@ -230,13 +240,16 @@ class WorkerCollector(Collector):
         )
         now = worker.clock()
         for p, ledger in sorted(worker.ledgers.items()):
-            if ledger.watermark_ms is not None:
-                wm.add_metric([str(p)], ledger.watermark_ms / 1000)
-                lag.add_metric([str(p)], now - ledger.watermark_ms / 1000)
+            if ledger.close_wm is not None:
+                wm.add_metric([str(p)], ledger.close_wm / 1000)
+                lag.add_metric([str(p)], now - ledger.close_wm / 1000)
+            if ledger.event_wm is not None:
+                event_wm.add_metric([str(p)], ledger.event_wm / 1000)
             for kind, n in ledger.state_sizes().items():
                 keys.add_metric([str(p), kind], n)
             unsent.add_metric([str(p)], len(worker.unsent.get(p, ())))
         yield wm
+        yield event_wm
         yield lag
         yield keys
         yield unsent

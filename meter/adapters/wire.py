@@ -1,7 +1,11 @@
 """Wire formats between the worker's two stages, and of the dead-letter topic.
 
-Routed records carry already validated events of one organisation, as compact JSON arrays, and
-their ingest time: the newest timestamp of the input records they came from.
+A routed record is one of:
+- events: already validated events of one organisation, as compact JSON arrays, with their
+  ingest time (the newest timestamp of the input records they came from);
+- a progress report: what one router knows of each input partition it reads, sent to every
+  routed partition after the events it covers (`meter.core.ledger.progress`);
+- a tick (`{"tick":1}`), a control record of earlier versions.
 """
 
 from __future__ import annotations
@@ -22,6 +26,21 @@ MAX_ROUTED_BYTES = 512 * 1024
 """A routed record is cut into several when its events would encode to more than this."""
 TRUNCATED_BYTES = 64 * 1024
 """How much of an oversized bad record its dead-letter copy keeps."""
+
+
+class Report(NamedTuple):
+    """A router's progress report: input partitions in all, its clock, and per input partition
+    it reads: (newest event time routed or None, idle)."""
+
+    partitions: int
+    stamp_ms: int
+    sources: dict[int, tuple[int | None, bool]]
+
+
+def encode_report(report: Report) -> bytes:
+    sources = {str(p): [wm, int(idle)] for p, (wm, idle) in report.sources.items()}
+    doc = {"p": {"n": report.partitions, "t": report.stamp_ms, "s": sources}}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 class Routed(NamedTuple):
@@ -72,13 +91,17 @@ def encode_routed(
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def decode_routed(value: bytes) -> Routed | None:
-    """A routed record's events and ingest time; None for a tick (a control record)."""
+def decode_routed(value: bytes) -> Routed | Report | None:
+    """A routed record's events and ingest time, or a progress report; None for a tick."""
     doc = json.loads(value)
     rows = doc.get("e")
-    if rows is None:
-        return None
-    return Routed([ApiCall(*row) for row in rows], doc.get("i"), doc.get("l"))
+    if rows is not None:
+        return Routed([ApiCall(*row) for row in rows], doc.get("i"), doc.get("l"))
+    progress = doc.get("p")
+    if progress is not None:
+        sources = {int(p): (wm, bool(idle)) for p, (wm, idle) in progress["s"].items()}
+        return Report(progress["n"], progress["t"], sources)
+    return None
 
 
 class DeadLetter(NamedTuple):

@@ -30,10 +30,10 @@ from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import read_range
 from meter.adapters.router import Router, ingest_time
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import TICK, decode_routed
+from meter.adapters.wire import TICK, Report, decode_routed
 from meter.config import WorkerSettings
 from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
-from meter.core.outputs import ALERTS, Json
+from meter.core.outputs import ALERTS, DEAD_LETTERS
 from meter.core.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -45,20 +45,20 @@ class TableStore:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def get(self, key: str) -> Json | None:
+    def get(self, key: str) -> list[Any] | None:
         raw = self.table.get(key.encode())
         if raw is None:
             return None
-        value: Json = json.loads(raw)
+        value: list[Any] = json.loads(raw)
         return value
 
-    def put(self, key: str, value: Json) -> None:
+    def put(self, key: str, value: list[Any]) -> None:
         self.table[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
 
     def delete(self, key: str) -> None:
         self.table.pop(key.encode(), None)
 
-    def items(self) -> Iterator[tuple[str, Json]]:
+    def items(self) -> Iterator[tuple[str, list[Any]]]:
         for key, raw in self.table.items():
             if raw is not None:
                 yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(raw)
@@ -122,6 +122,8 @@ class MeterWorker:
             grace_ms=settings.grace_ms,
             dedup_horizon_ms=settings.dedup_horizon_ms,
             late_horizon_ms=settings.late_horizon_ms,
+            history_horizon_ms=settings.history_horizon_ms,
+            source_topic=settings.routed_topic,
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
@@ -181,7 +183,6 @@ class MeterWorker:
         self.router = Router(s, self.policy, self.bootstrap, self.telemetry, self._send, self.clock)
         app.task(self._run_router)
         app.agent(self.routed, name="count")(self._count)
-        app.timer(s.tick_ms / 1000)(self._tick)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.telemetry.install(app, self)
         return app
@@ -211,12 +212,15 @@ class MeterWorker:
         self,
         topic: str,
         *,
-        key: bytes,
-        value: bytes,
+        key: bytes | None,
+        value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> Any:
         """Hand a record to the producer; returns what to await for Kafka's acknowledgement."""
-        return await self.topics[topic].send(key=key, value=value, headers=headers)
+        return await self.topics[topic].send(
+            key=key, value=value, headers=headers, partition=partition
+        )
 
     # -- stage 2: count ------------------------------------------------------------------------
     async def _count(self, stream: Any) -> None:
@@ -257,6 +261,13 @@ class MeterWorker:
         routed = decode_routed(value)
         if routed is None:
             ledger.skip(offset)
+            return
+        if isinstance(routed, Report):
+            applied = ledger.report(
+                offset, routed.partitions, routed.stamp_ms, routed.sources, now_ms
+            )
+            if applied.outbox:
+                self.unsent.setdefault(ledger.partition, []).extend(applied.outbox)
             return
         calls = routed.events
         ingest_ms = routed.ingest_ms
@@ -327,7 +338,10 @@ class MeterWorker:
         return found
 
     def _topic_name(self, kind: str) -> str:
-        return self.settings.alerts_topic if kind == ALERTS else self.settings.windows_topic
+        s = self.settings
+        if kind == ALERTS:
+            return s.alerts_topic
+        return s.dlq_topic if kind == DEAD_LETTERS else s.windows_topic
 
     def _out_partition(self, topic: str, partition: int) -> int:
         # Outputs of ledger partition p go to partition p of the output topic (mod its size),
@@ -342,15 +356,16 @@ class MeterWorker:
         await self.app.producer.flush()
         futures = []
         for p in batch:
-            topic = self.alerts if p.record.kind == ALERTS else self.windows
             name = self._topic_name(p.record.kind)
+            headers = [(ID_HEADER, p.record.id.encode())]
+            headers += [(k, v.encode()) for k, v in p.record.headers]
             futures.append(
-                await topic.send(
+                await self.topics[name].send(
                     key=p.record.key.encode(),
                     value=json.dumps(p.record.value, separators=(",", ":")).encode(),
                     partition=self._out_partition(name, partition),
                     timestamp=p.record.ts_ms / 1000,
-                    headers=[(ID_HEADER, p.record.id.encode())],
+                    headers=headers,
                 )
             )
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -365,9 +380,3 @@ class MeterWorker:
             self.unsent[partition] = failed
         ledger.acknowledge(sent)
         self.telemetry.published(sent)
-
-    async def _tick(self) -> None:
-        """Control records let idle partitions reconcile their outbox inside the stream, where
-        table writes are allowed (faust forbids them in timers)."""
-        for partition in range(self.settings.partitions):
-            await self.routed.send(key=None, value=TICK, partition=partition)

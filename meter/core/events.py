@@ -34,8 +34,11 @@ Headers = Sequence[tuple[str, bytes | None]] | Mapping[str, bytes | None]
 # The stable rejection codes (metrics labels, dead-letter headers); see decode_record.
 REASONS = frozenset({
     "empty", "not_utf8", "not_json", "wrong_type", "empty_batch", "batch_too_large",
-    "missing_field", "bad_field", "too_long", "bad_time", "bad_cloudevent",
+    "missing_field", "bad_field", "too_long", "bad_time", "bad_cloudevent", "future_time",
+    "too_late",
 })  # fmt: skip
+"""`future_time`: dated further ahead of its arrival than the allowed clock skew (the router);
+`too_late`: older than the history horizon (the counter, `meter.core.ledger`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,11 +342,49 @@ def _reject(reason: str, detail: str) -> Decoded:
     return Decoded([], [Rejection(reason, detail, None)])
 
 
-def decode_record(value: bytes | None, headers: Headers = ()) -> Decoded:
+def decode_record(
+    value: bytes | None, headers: Headers = (), latest_ms: int | None = None
+) -> Decoded:
     """Decodes one Kafka record value (plain event, batch array or CloudEvent); never raises.
 
     `headers` are the record's headers (pairs or a mapping; None values are absent headers).
+    An event dated after `latest_ms` (when given) is rejected as `future_time`: its clock is
+    wrong, and it must not move event time for everyone else.
     """
+    decoded = _decode(value, headers)
+    if latest_ms is not None and any(ev.time_ms > latest_ms for ev in decoded.events):
+        return _without_future(value, decoded, latest_ms)
+    return decoded
+
+
+def _without_future(value: bytes | None, decoded: Decoded, latest_ms: int) -> Decoded:
+    """`decoded` with the events dated after `latest_ms` turned into rejections (at their index
+    in a batch)."""
+    batch = value is not None and value.lstrip()[:1] == b"["
+    events: list[ApiCall] = []
+    rejections = list(decoded.rejections)
+    rejected = {r.index for r in rejections}
+    indexes = (i for i in range(len(decoded.events) + len(rejected)) if i not in rejected)
+    for ev in decoded.events:
+        index = next(indexes) if batch else None
+        if ev.time_ms <= latest_ms:
+            events.append(ev)
+            continue
+        detail = (
+            f"time {_format_ms(ev.time_ms)} is more than the allowed clock skew ahead of when the "
+            f"record reached Kafka (accepted up to {_format_ms(latest_ms)})"
+        )
+        rejections.append(Rejection("future_time", detail, index))
+    rejections.sort(key=lambda r: -1 if r.index is None else r.index)
+    return Decoded(events, rejections)
+
+
+def _format_ms(ms: int) -> str:
+    t = _EPOCH + timedelta(milliseconds=ms)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _decode(value: bytes | None, headers: Headers) -> Decoded:
     if value is None:
         return _reject("empty", "record value is null")
     try:

@@ -13,32 +13,33 @@ from meter.core.windows import format_ms
 
 ALERTS = "alerts"
 WINDOWS = "windows"
+DEAD_LETTERS = "dead-letters"
 
 Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """A record to publish: `kind` is ALERTS or WINDOWS; `id` also travels as a header."""
+    """A record to publish: `kind` is ALERTS, WINDOWS or DEAD_LETTERS; `id` also travels as the
+    `meter-id` header, next to `headers`."""
 
     kind: str
     id: str
     key: str
     value: Json
     ts_ms: int
+    headers: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> Json:
-        return {
-            "kind": self.kind,
-            "id": self.id,
-            "key": self.key,
-            "v": self.value,
-            "ts": self.ts_ms,
-        }
+        out = {"kind": self.kind, "id": self.id, "key": self.key, "v": self.value, "ts": self.ts_ms}
+        if self.headers:
+            out["h"] = [list(h) for h in self.headers]
+        return out
 
     @classmethod
     def from_json(cls, data: Json) -> Outbound:
-        return cls(data["kind"], data["id"], data["key"], data["v"], data["ts"])
+        headers = tuple((k, v) for k, v in data.get("h", ()))
+        return cls(data["kind"], data["id"], data["key"], data["v"], data["ts"], headers)
 
 
 def stable_id(*parts: object) -> str:

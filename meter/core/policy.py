@@ -119,6 +119,10 @@ class Policy:
         org = self.orgs.get(org_id)
         return () if org is None else org.caps
 
+    def restricted_rule(self, recipient: str) -> RestrictedUse | None:
+        """The restricted-use rule for this recipient (case-insensitive), if any."""
+        return self._restricted.get(recipient.casefold())
+
     def restricted_violation(
         self, org_id: str | None, recipient: str | None, time_ms: int
     ) -> RestrictedUse | None:

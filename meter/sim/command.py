@@ -65,7 +65,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     add("--bootstrap", help="Kafka bootstrap servers (METER_KAFKA_BOOTSTRAP; local broker)")
     add("--topic", help="input topic (METER_INPUT_TOPIC, api-calls)")
     add("--policy", help="policy YAML (METER_POLICY; the bundled example)")
-    add("--partitions", type=int, default=1, help="partitions if the topic is created (1)")
+    add("--partitions", type=int, default=4, help="partitions if the topic is created (4)")
     add("--seed", type=int, default=7, help="random seed: same seed, same records (7)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--calls", type=int, help=f"distinct calls to make ({DEFAULT_CALLS:,})")

@@ -102,14 +102,6 @@ def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             count = settled_partition_counts(bootstrap, [topic]).get(topic, args.partitions)
         except KafkaError as exc:
             raise SimulationError(f"cannot prepare topic {topic} at {bootstrap}: {exc}") from exc
-        if count > 1:
-            log.warning(
-                "topic %s has %d partitions: if meter's router reads them out of step, the event "
-                "time of one may run ahead of another by more than the late horizon "
-                "(time is compressed), and meter's totals can differ from the truth",
-                topic,
-                count,
-            )
         where = f"to {topic} ({count} partition{'s' if count > 1 else ''}) at {bootstrap}"
     # A dry run has nothing to overlap generation with: a child would only add the pipe.
     inline = args.single_process or args.dry_run or not can_fork()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,8 +55,6 @@ class Truth:
     sent: dict[str, Any]
     windows: list[WindowTotal]
     alerts: list[ExpectedAlert]
-    watermarks: dict[str, int] = field(default_factory=dict)
-    routing: dict[str, str] = field(default_factory=dict)
 
     def alert_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -68,8 +66,6 @@ class Truth:
         return {
             "scenario": self.scenario,
             "sent": self.sent,
-            "watermarks": self.watermarks,
-            "routing": self.routing,
             "windows": [list(w) for w in self.windows],
             "alerts": [a._asdict() for a in self.alerts],
         }
@@ -81,8 +77,6 @@ class Truth:
             sent=doc["sent"],
             windows=[WindowTotal(*row) for row in doc["windows"]],
             alerts=[ExpectedAlert(**a) for a in doc["alerts"]],
-            watermarks=doc.get("watermarks", {}),
-            routing=doc.get("routing", {}),
         )
 
 
@@ -115,25 +109,13 @@ class _Route:
     windows: one addition per event instead of one per window and subject."""
 
     __slots__ = (
-        "filtered", "fpending", "hi", "key", "keys", "known", "lo", "matching", "org", "pending",
-        "rows", "targets",
+        "filtered", "fpending", "hi", "known", "lo", "matching", "org", "pending", "rows",
+        "targets",
     )  # fmt: skip
 
     def __init__(self, policy: Policy, specs: tuple[WindowSpec, ...], app: str, claim: str | None):
         self.org = policy.org_of(app, claim)
         self.known = policy.known_app(app)
-        # Where meter counts the app's totals, and every routing key the events move: an app
-        # the policy does not know, claiming an org, is counted on its own partition and its
-        # org share on the org's (meter.adapters.router.routes).
-        if self.org is None:
-            self.key = f"app:{app}"
-            self.keys: tuple[str, ...] = (self.key,)
-        elif self.known:
-            self.key = f"org:{self.org}"
-            self.keys = (self.key,)
-        else:
-            self.key = f"app:{app}"
-            self.keys = (self.key, f"org:{self.org}")
         subjects = [("app", app, policy.app_caps(app))]
         if self.org is not None:
             subjects.append(("org", self.org, policy.org_caps(self.org)))
@@ -190,8 +172,6 @@ class TruthBuilder:
         self.markers: dict[str, ExpectedAlert] = {}
         self.seen: dict[int, set[tuple[str, str]]] = {}
         self.horizon = -(1 << 62)
-        self.watermarks: dict[str, int] = {}
-        self.routing: dict[str, str] = {}
         self.sent: dict[str, int] = dict.fromkeys(
             ("events", "calls", "duplicates", "records", "malformed", "late", "out_of_order",
              "unknown_app_events", "restricted_events", "flush"), 0,
@@ -222,7 +202,6 @@ class TruthBuilder:
         route = self.routes.get((app, claim))
         if route is None:
             route = self.routes[(app, claim)] = _Route(self.policy, self.specs, app, claim)
-            self.routing[app] = route.key
         sent["calls"] += 1
         sent["records"] += records
         flags = item.flags
@@ -230,9 +209,6 @@ class TruthBuilder:
             sent["late"] += bool(flags & LATE)
             sent["out_of_order"] += bool(flags & DISORDER)
             sent["flush"] += bool(flags & FLUSH)
-        for key in route.keys:
-            if t > self.watermarks.get(key, -1):
-                self.watermarks[key] = t
         if not route.lo <= t < route.hi:
             self._locate(route, t)
         pending = route.pending
@@ -361,6 +337,4 @@ class TruthBuilder:
             sent=sent,
             windows=windows,
             alerts=alerts,
-            watermarks=dict(sorted(self.watermarks.items())),
-            routing=dict(sorted(self.routing.items())),
         )

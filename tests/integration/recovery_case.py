@@ -120,7 +120,7 @@ def finish_and_check(d: Deployment, sent: list[Event]) -> None:
     """Close every window, wait until the pipeline has done everything with it, then check final
     totals and alerts against what was sent."""
     d.wait_consumed(timeout=120)
-    d.send_events([event(f"push-{org}", ms("2022-03-02T12:00"), f"{org}-1") for org in ORGS])
+    d.push(ms("2022-03-02T12:00"), [f"{org}-1" for org in ORGS])
     d.wait_settled(timeout=180)
 
     want = {k: t.as_json() for k, t in expected_totals(sent, SIZES, ORG_OF).items()}

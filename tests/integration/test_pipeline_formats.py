@@ -130,7 +130,7 @@ def test_batches_and_cloudevents_count_like_plain_events(
     mixed = [structured(ev) if i % 3 else ev for i, ev in enumerate(sent["mixed"])]
     d.send([dumps(mixed[:20]), dumps(mixed[20:])], partition=0)
     d.wait_consumed()
-    d.send_events([event("push", t + DAY_MS, "plain")])
+    d.push(t + DAY_MS, ["plain"])
 
     everything = [ev for evs in sent.values() for ev in evs]
     want = {k: v.as_json() for k, v in expected_totals(everything, SIZES, ORG_OF).items()}
@@ -225,7 +225,7 @@ def test_malformed_input_is_dead_lettered_and_the_worker_keeps_counting(
     later = [event(f"later-{i}", t + 2000 + i, "plain", records=1) for i in range(5)]
     d.send_events(later, partition=1)
     d.wait_consumed()
-    d.send_events([event("push", t + DAY_MS, "plain")], partition=1)
+    d.push(t + DAY_MS, ["plain"])
     counted = [event("first", t - 1, "plain"), good, good2, *later]
     want = {k: v.as_json() for k, v in expected_totals(counted, SIZES, ORG_OF).items()}
     windows = d.settled_windows(want.keys(), timeout=60)
@@ -279,7 +279,7 @@ def test_records_near_the_brokers_size_limit_are_dead_lettered_or_counted(
     assert rec.value == huge[: 64 * 1024]
 
     d.wait_consumed()
-    d.send_events([event("push", t + DAY_MS, "plain")], partition=1)
+    d.push(t + DAY_MS, ["plain"])
     want = {k: v.as_json() for k, v in expected_totals(batch + singles, SIZES, ORG_OF).items()}
     windows = d.settled_windows(want.keys(), timeout=60)
     assert totals_of(windows) == want

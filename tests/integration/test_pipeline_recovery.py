@@ -168,7 +168,7 @@ def test_routed_records_the_consumer_skipped_are_read_back_and_counted(
     d.commit_counter_offset(partition, offsets[2])  # as if faust had consumed the first two
 
     second = d.start_worker(data_dir=worker.data_dir, label="second")
-    d.send_events([event("push", ms("2022-03-01T12:00"), "acme-1")])
+    d.push(ms("2022-03-01T12:00"), ["acme-1"])
     finals = {
         (w["subject"], w["window"]["size"]): w
         for w in values_of(d.windows(expect=4, timeout=120))

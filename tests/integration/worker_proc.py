@@ -424,6 +424,9 @@ class Deployment:
     input_partitions: int | None = None
     grace: str = "1s"
     tick: str = "1s"
+    idle_timeout: str = "10m"
+    """Long: tests close windows with `push` (an event on every input partition), so a pause
+    between a test's phases never closes windows on the clock. Tests of idleness set it short."""
     extra: Sequence[str] = ()
     workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -470,6 +473,7 @@ class Deployment:
             "--partitions", str(self.partitions),
             "--grace", self.grace,
             "--tick", self.tick,
+            "--idle-timeout", self.idle_timeout,
             "--web-port", str(port),
             "--data-dir", str(data_dir),
             *self.extra,
@@ -529,6 +533,18 @@ class Deployment:
     ) -> int:
         """One plain JSON event per record."""
         return self.send([dumps(e) for e in events], keys=keys, partition=partition)
+
+    def push(self, time_ms: int, apps: Sequence[str]) -> list[Event]:
+        """One event of each app at `time_ms` on every input partition: every input partition's
+        event time reaches `time_ms`, so every window that ends a grace before it closes. Returns
+        the events sent (they count, in windows at `time_ms`)."""
+        partitions = self.input_partitions or self.partitions
+        sent = []
+        for p in range(partitions):
+            events = [event(f"push-{app}-{time_ms}-{p}", time_ms, app) for app in apps]
+            self.send_events(events, partition=p)
+            sent += events
+        return sent
 
     def send_routed(self, values: Sequence[bytes], key: bytes) -> list[tuple[int, int]]:
         """Write records straight to the routed topic (as the router would): (partition,

@@ -709,3 +709,21 @@ def test_accepted_times_match_the_schema_pattern(text: str) -> None:
         assert 0 <= result < MAX_MS
     else:
         assert result == "bad_time"
+
+
+def test_an_event_dated_beyond_the_allowed_skew_is_rejected_as_future_time() -> None:
+    now = 1_646_136_000_000
+    ok = {"id": "ok", "time": now + 60_000, "app_id": "a"}
+    ahead = {"id": "ahead", "time": "2099-01-01T00:00:00Z", "app_id": "a"}
+    single = decode_record(json.dumps(ahead).encode(), (), latest_ms=now + 300_000)
+    assert single.events == []
+    assert [(r.reason, r.index) for r in single.rejections] == [("future_time", None)]
+    assert "2099-01-01T00:00:00Z" in single.rejections[0].detail
+    batch = [ok, {"id": 7}, ahead, ok | {"id": "ok2"}]
+    decoded = decode_record(json.dumps(batch).encode(), (), latest_ms=now + 300_000)
+    assert [e.id for e in decoded.events] == ["ok", "ok2"]
+    assert [(r.reason, r.index) for r in decoded.rejections] == [
+        ("bad_field", 1),
+        ("future_time", 2),
+    ]
+    assert decode_record(json.dumps(ahead).encode()).events != []  # no bound: accepted

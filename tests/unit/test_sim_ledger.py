@@ -11,8 +11,8 @@ import pytest
 
 from meter.adapters.policy_file import bundled_policy_path, read_policy
 from meter.core.events import decode_record
-from meter.core.ledger import LedgerSettings, PartitionLedger
-from meter.core.outputs import ALERTS
+from meter.core.ledger import Applied, LedgerSettings, PartitionLedger
+from meter.core.outputs import ALERTS, WINDOWS
 from meter.core.policy import Policy
 from meter.sim.compare import Comparison, compare
 from meter.sim.framing import FORMATS, Message, frame
@@ -42,12 +42,12 @@ MESSY = ScenarioConfig(
 
 class DictStore:
     def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
+        self.data: dict[str, list[Any]] = {}
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> list[Any] | None:
         return self.data.get(key)
 
-    def put(self, key: str, value: dict[str, Any]) -> None:
+    def put(self, key: str, value: list[Any]) -> None:
         self.data[key] = value
 
     def delete(self, key: str) -> None:
@@ -57,16 +57,31 @@ class DictStore:
 def run_meter(
     messages: Iterable[Message], policy: Policy, settings: LedgerSettings | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What one worker with one partition would publish: window records and alerts."""
+    """What one worker with one input and one routed partition would publish: window records and
+    alerts. Like the router, it reports progress after each record (the newest event time, each
+    event counted at no later than it was sent), and at the end that the input is idle."""
     ledger = PartitionLedger(0, policy, settings or LedgerSettings(), DictStore())
     windows: list[dict[str, Any]] = []
     alerts: list[dict[str, Any]] = []
-    for offset, msg in enumerate(messages):
-        decoded = decode_record(msg.value, msg.headers)
-        applied = ledger.apply(offset, decoded.events, 0, msg.send_ms)
+    offsets = iter(range(1 << 30))
+    wm: int | None = None
+    clock = 0
+
+    def publish(applied: Applied) -> None:
         for pending in applied.outbox:
-            (alerts if pending.record.kind == ALERTS else windows).append(pending.record.value)
+            kind = pending.record.kind
+            if kind in (ALERTS, WINDOWS):  # not the dead letters
+                (alerts if kind == ALERTS else windows).append(pending.record.value)
         ledger.acknowledge(applied.outbox)
+
+    for msg in messages:
+        decoded = decode_record(msg.value, msg.headers)
+        publish(ledger.apply(next(offsets), decoded.events, 0, msg.send_ms))
+        for ev in decoded.events:
+            wm = max(wm or ev.time_ms, min(ev.time_ms, msg.send_ms))
+        clock = max(clock, msg.send_ms)
+        publish(ledger.report(next(offsets), 1, clock, {0: (wm, False)}, 0))
+    publish(ledger.report(next(offsets), 1, clock + 10**12, {0: (wm, True)}, 0))
     return windows, alerts
 
 
@@ -88,9 +103,8 @@ def test_meter_reports_exactly_the_truth_of_a_messy_scenario(fmt: str) -> None:
     assert kinds["restricted_use"] > 10
     assert truth.sent["late"] > 50
     assert truth.sent["duplicates"] > 300
-    # The flush events closed every window but their own.
-    flush_rows = sum(1 for w in truth.windows if w.start_ms > MESSY.end_ms)
-    assert result.windows_expected == len(truth.windows) - flush_rows
+    # Once the input is idle, every window closes.
+    assert result.windows_expected == len(truth.windows)
     assert result.windows_matched == result.windows_expected
 
 
@@ -101,7 +115,7 @@ def test_meter_reports_exactly_the_truth_of_the_hand_built_sequence() -> None:
     windows, alerts = run_meter(frame(items, "json"), policy)
     result = compare(truth, windows, alerts)
     assert result.ok, result.summary()
-    assert result.windows_matched == 3
+    assert result.windows_matched == 14
     assert len(alerts) == 5
 
 
@@ -118,13 +132,20 @@ def test_compare_catches_a_meter_that_forgets_ids_too_soon() -> None:
     assert all(w.calls > w.expected.calls for w in result.wrong_windows)
 
 
-def test_compare_catches_a_meter_whose_late_horizon_is_too_short() -> None:
-    # Windows expire before their late events arrive: those restart from zero ("expired").
+def test_a_short_late_horizon_keeps_totals_exact_but_a_short_history_does_not() -> None:
+    """Past the late horizon a window keeps compact totals, so late events still give whole
+    totals (base "expired"); past the history horizon they are dead-lettered, and compare()
+    sees the windows short."""
     policy = read_policy(bundled_policy_path())
     items = list(generate(policy, MESSY))
     truth = TruthBuilder(policy).add_all(items).build({})
-    hasty = LedgerSettings(late_horizon_ms=60_000)
-    windows, alerts = run_meter(frame(items, "json"), policy, hasty)
+    compacting = LedgerSettings(late_horizon_ms=60_000)
+    windows, alerts = run_meter(frame(items, "json"), policy, compacting)
+    assert compare(truth, windows, alerts).ok
+    assert any(w["base"] == "expired" for w in windows)
+    forgetful = LedgerSettings(late_horizon_ms=60_000, history_horizon_ms=60_000)
+    windows, alerts = run_meter(frame(items, "json"), policy, forgetful)
     result = compare(truth, windows, alerts)
     assert not result.ok
     assert result.wrong_windows
+    assert all(w.calls < w.expected.calls for w in result.wrong_windows)

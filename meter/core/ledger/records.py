@@ -1,0 +1,158 @@
+"""The ledger's state records, as typed values, and their compact encoding (JSON-able lists).
+
+Keys of one routed partition's state:
+- `s|<subject type>|<subject>|<window>|<start ms>`: a `WindowSlot`, one subject's totals in one
+  window;
+- `m|<kind>|<subject type>|<subject>|<details>|<day ms>`: a `DayMarker`, an alert raised once per
+  subject and UTC day (unknown app, restricted use);
+- `d|<partition>|<bucket>|<offset>[|n]`: an `IdBlock`, event ids remembered for deduplication;
+- `w|<partition>`: the `PartitionMeta`, written last in every flush.
+
+Each record that produces outputs keeps them in its `outbox` until Kafka has them (`meter.core.
+ledger.outbox`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meter.core.ledger.progress import Progress
+from meter.core.outputs import Outbound
+from meter.core.policy import Cap
+
+Encoded = list[Any]
+Cells = dict[str, list[int]]
+"""A breakdown: name -> [calls, records]."""
+
+OPEN = -1
+"""`WindowSlot.rev` of a window that has not closed yet."""
+
+
+@dataclass(slots=True)
+class WindowSlot:
+    """One subject's usage in one window, from its first event until the history horizon."""
+
+    partition: int
+    offset: int
+    """The highest routed offset folded in: a replayed record at or below it is skipped here."""
+    subject_type: str
+    subject: str
+    org: str | None
+    window: str
+    start_ms: int
+    end_ms: int
+    calls: int = 0
+    records: int = 0
+    endpoints: Cells = field(default_factory=dict)
+    recipients: Cells = field(default_factory=dict)
+    capped: Cells = field(default_factory=dict)
+    """Usage of the caps that count only some events (endpoint or status filters): key -> cells."""
+    fired: list[str] = field(default_factory=list)
+    """Thresholds crossed so far, as `<cap key>@<ratio>`."""
+    rev: int = OPEN
+    """The revision last published; OPEN before the window closed."""
+    late: int = 0
+    compact: bool = False
+    """Past the late horizon: `endpoints` and `recipients` hold only what came since then."""
+    outbox: list[Outbound] = field(default_factory=list)
+
+    @property
+    def closed(self) -> bool:
+        return self.rev != OPEN
+
+    def used(self, cap: Cap) -> int:
+        """This window's usage of `cap`: its metric, over the events the cap counts."""
+        counts = self.capped.get(cap.key, (0, 0)) if cap.filtered else (self.calls, self.records)
+        return counts[0] if cap.metric == "calls" else counts[1]
+
+    def encode(self) -> Encoded:
+        return [
+            "s", self.partition, self.offset, self.subject_type, self.subject, self.org,
+            self.window, self.start_ms, self.end_ms, self.calls, self.records, self.endpoints,
+            self.recipients, self.capped, self.fired, self.rev, self.late, int(self.compact),
+            _outbox(self.outbox),
+        ]  # fmt: skip
+
+    @classmethod
+    def decode(cls, v: Encoded) -> WindowSlot:
+        return cls(
+            v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
+            v[14], v[15], v[16], bool(v[17]), _outbound(v[18]),
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class DayMarker:
+    """A once-per-day alert that fired, remembered until the history horizon passes its day."""
+
+    partition: int
+    day_ms: int
+    outbox: list[Outbound] = field(default_factory=list)
+
+    def encode(self) -> Encoded:
+        return ["m", self.partition, self.day_ms, _outbox(self.outbox)]
+
+    @classmethod
+    def decode(cls, v: Encoded) -> DayMarker:
+        return cls(v[1], v[2], _outbound(v[3]))
+
+
+@dataclass(slots=True)
+class IdBlock:
+    """Event ids first counted in one flush, in one ingest-time bucket: id -> routed offset."""
+
+    partition: int
+    bucket: int
+    ids: dict[str, int]
+
+    def encode(self) -> Encoded:
+        return ["d", self.partition, self.bucket, self.ids]
+
+    @classmethod
+    def decode(cls, v: Encoded) -> IdBlock:
+        return cls(v[1], v[2], v[3])
+
+
+@dataclass(slots=True)
+class PartitionMeta:
+    """Where the partition stands: offsets, ingest time, event-time progress, and the outbox of
+    records that belong to no window (dead letters of events past the history horizon)."""
+
+    partition: int
+    last_offset: int | None = None
+    ingest_ms: int | None = None
+    progress: Progress = field(default_factory=Progress)
+    outbox: list[Outbound] = field(default_factory=list)
+
+    def encode(self) -> Encoded:
+        return [
+            "w", self.partition, self.last_offset, self.ingest_ms, self.progress.encode(),
+            _outbox(self.outbox),
+        ]  # fmt: skip
+
+    @classmethod
+    def decode(cls, v: Encoded) -> PartitionMeta:
+        return cls(v[1], v[2], v[3], Progress.decode(v[4]), _outbound(v[5]))
+
+
+Record = WindowSlot | DayMarker | IdBlock | PartitionMeta
+
+
+def decode(value: Encoded) -> Record:
+    kind = value[0]
+    if kind == "s":
+        return WindowSlot.decode(value)
+    if kind == "d":
+        return IdBlock.decode(value)
+    if kind == "m":
+        return DayMarker.decode(value)
+    return PartitionMeta.decode(value)
+
+
+def _outbox(records: list[Outbound]) -> list[Any]:
+    return [r.to_json() for r in records]
+
+
+def _outbound(items: list[Any]) -> list[Outbound]:
+    return [Outbound.from_json(i) for i in items]
