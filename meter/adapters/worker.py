@@ -296,11 +296,14 @@ class MeterWorker:
         for offset, value, timestamp_ms in records:
             self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
         self.telemetry.gap_filled(len(records))
-        # Tell faust's consumer those offsets are done: it never saw them, so it would not
-        # commit past them (and would re-deliver everything after them at the next rebalance).
+        # Tell faust's consumer every offset before `end` is done: it never delivered these, so
+        # it would never commit past them. That includes offsets it skipped below `start`,
+        # which the ledger already held (its replays are skipped whole): without them faust's
+        # committed offset stays behind the hole for good. (faust clamps the range to what it
+        # has not committed yet.)
         add_gap = getattr(self.app.consumer, "_add_gap", None)
         if add_gap is not None:
-            await add_gap(TP(self.settings.routed_topic, partition), start, end - 1)
+            await add_gap(TP(self.settings.routed_topic, partition), 0, end - 1)
         if len(records) != end - start:
             log.error(
                 "partition %d: only %d of routed records %d..%d could be read (retention?)",

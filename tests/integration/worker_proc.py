@@ -662,8 +662,15 @@ class Deployment:
             now = self.routed_offsets()
             return all(now[p][0] >= end for p, end in ends.items())
 
-        wait_until(counted, timeout, interval=0.5, what="the routed records to be counted",
-                   abort=self.died)  # fmt: skip
+        try:
+            wait_until(counted, timeout, interval=0.5, what="the routed records to be counted",
+                       abort=self.died)  # fmt: skip
+        except AssertionError as exc:
+            where = ", ".join(
+                f"partition {p}: committed {done} of {ends.get(p)}"
+                for p, (done, _) in self.routed_offsets().items()
+            )
+            raise AssertionError(f"{exc} (group {self.group}, routed {where})") from None
 
         def drained() -> bool:
             try:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import defaultdict
 from pathlib import Path
 
+import pytest
+from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+from faust.types import TP
+from intervaltree import IntervalTree
 from prometheus_client import CollectorRegistry
 
 from meter.adapters.policy_file import read_policy
@@ -23,6 +28,7 @@ from meter.adapters.wire import (
 from meter.adapters.worker import MeterWorker
 from meter.config import WorkerSettings
 from meter.core.events import ApiCall, Rejection
+from meter.core.ledger import LedgerSettings, PartitionLedger
 
 EXAMPLE = Path(__file__).parents[2] / "meter" / "examples" / "demo-2022.yaml"
 
@@ -125,3 +131,34 @@ def test_a_dead_letter_copy_that_would_not_fit_keeps_the_head_and_says_so() -> N
     assert headers["meter-original-bytes"] == str(len(value)).encode()
     assert headers["meter-original-sha256"] == hashlib.sha256(value).hexdigest().encode()
     assert headers["meter-reason"] == b"not_utf8"
+
+
+def test_after_a_read_back_faust_can_commit_past_every_offset_it_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust committed offset 1 of a routed partition, then delivered 120: it skipped 2..119.
+    The ledger held 2..50 already (its durable offset), so the counter reads back only 51..119.
+    faust must then be told that every offset before 120 is done, or its committed offset stays
+    at 1 for good (it commits only a run of offsets contiguous with the last commit)."""
+    policy = read_policy(EXAMPLE)
+    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    worker = MeterWorker(
+        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
+    )
+    tp = TP(settings.routed_topic, 0)
+    consumer = FaustConsumer.__new__(FaustConsumer)  # faust's own commit arithmetic, no client
+    consumer._committed_offset = defaultdict(lambda: None, {tp: 1})
+    consumer._acked = defaultdict(list)
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._acked_index = defaultdict(set)
+    worker.app._consumer = consumer
+
+    async def read_back(*_: object) -> list[tuple[int, bytes, int]]:
+        return [(o, TICK, 0) for o in range(51, 120)]
+
+    monkeypatch.setattr("meter.adapters.worker.read_range", read_back)
+    ledger = PartitionLedger(0, policy, LedgerSettings(), worker.store)
+    ledger.durable_offset = ledger.meta.last_offset = 50
+    asyncio.run(worker._fill_gap(ledger, 0, 51, 120))
+    consumer._acked[tp].append(120)  # the record faust delivered, once counted
+    assert FaustConsumer._new_offset(consumer, tp) == 121
