@@ -120,8 +120,9 @@ def finish_and_check(d: Deployment, sent: list[Event]) -> None:
     """Close every window, wait until the pipeline has done everything with it, then check final
     totals and alerts against what was sent."""
     d.wait_consumed(timeout=120)
-    d.push(ms("2022-03-02T12:00"), [f"{org}-1" for org in ORGS])
-    d.wait_settled(timeout=180)
+    pushed = ms("2022-03-02T12:00")
+    d.push(pushed, [f"{org}-1" for org in ORGS])
+    d.wait_settled(timeout=180, watermark_ms=pushed)
 
     want = {k: t.as_json() for k, t in expected_totals(sent, SIZES, ORG_OF).items()}
     assert len(want) == 9 * 6 + 9 * 2 + 3 * 6 + 3 * 2

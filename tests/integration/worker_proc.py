@@ -650,12 +650,40 @@ class Deployment:
             admin.close()
             consumer.close()
 
-    def wait_settled(self, timeout: float = 120.0) -> None:
+    def watermarks(self) -> dict[int, float]:
+        """Per routed partition, the watermark windows close on (epoch s), from the workers'
+        metrics (a partition a worker no longer owns is not on its page)."""
+        out: dict[int, float] = {}
+        for w in self.running():
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{w.web_port}/metrics", timeout=5
+                ) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+            for m in re.finditer(
+                r'^meter_watermark_seconds\{partition="(\d+)"\} (\S+)$', text, re.M
+            ):
+                out[int(m.group(1))] = float(m.group(2))
+        return out
+
+    def wait_settled(self, timeout: float = 120.0, watermark_ms: int | None = None) -> None:
         """Wait until the pipeline has done everything with what was produced so far: the input
-        routed and committed, every routed record up to now counted and committed, and every
-        running worker's outbox empty (all outputs acknowledged by Kafka). Outputs read after
-        this are final; reading on "nothing new for a while" can catch a worker mid-recovery."""
+        routed and committed, every routed partition's watermark at `watermark_ms` (when given:
+        the progress reports that follow the last events can come a tick or two after them),
+        every routed record up to now counted and committed, and every running worker's outbox
+        empty (all outputs acknowledged by Kafka). Outputs read after this are final; reading on
+        "nothing new for a while" can catch a worker mid-recovery."""
         self.wait_consumed(timeout)
+        if watermark_ms is not None:
+            target = watermark_ms / 1000
+
+            def reached() -> bool:
+                marks = self.watermarks()
+                return len(marks) == self.partitions and min(marks.values()) >= target
+
+            wait_until(reached, timeout, interval=0.5, what="every watermark", abort=self.died)
         ends = {p: end for p, (_, end) in self.routed_offsets().items()}
 
         def counted() -> bool:
