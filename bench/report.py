@@ -120,19 +120,22 @@ class Report:
     def table(self) -> list[str]:
         rows = [
             "| peer | events/s | CPU s per million events | peak RSS MiB | ratio to (c) "
-            "| ratio to (f) | drained |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| ratio to (f) | drained | counted late |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in self.peers:
+            late = p.notes.get("late events")
+            late_share = "-" if late is None or not p.drained else f"{late / p.drained:.1%}"
             if p.ok:
                 rows.append(
                     f"| ({p.key}) {p.name} | {p.events_per_s:,.0f} | {p.cpu_per_million:,.1f} "
                     f"| {p.peak_rss_mib:,.0f} | {self._ratio(p, 'c')} | {self._ratio(p, 'f')} "
-                    f"| {p.drained:,} |"
+                    f"| {p.drained:,} | {late_share} |"
                 )
             else:
                 rows.append(
-                    f"| ({p.key}) {p.name} | failed: {p.error} | - | - | - | - | {p.drained:,} |"
+                    f"| ({p.key}) {p.name} | failed: {p.error} | - | - | - | - | {p.drained:,} "
+                    "| - |"
                 )
         return rows
 

@@ -148,6 +148,8 @@ class Router:
         try:
             consumer.subscribe([s.input_topic], listener=_Rebalance(self))
             while True:
+                if heartbeat.done():
+                    heartbeat.result()  # it failed: so does the router (never silently)
                 batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=ROUTE_BATCH)
                 if not batch:
                     continue
@@ -227,8 +229,9 @@ class Router:
         newest_ingest = 0
         by_key: dict[str, tuple[list[ApiCall], list[str | None]]] = {}
         pending = []
-        progress: list[tuple[int, int, int]] = []
+        progress: dict[int, int] = {}  # input partition -> newest event time (capped at arrival)
         for tp, records in batch.items():
+            newest: int | None = None
             for msg in records:
                 ingest_ms = ingest_time(msg.timestamp, now_ms)
                 newest_ingest = max(newest_ingest, ingest_ms)
@@ -236,21 +239,25 @@ class Router:
                 if decoded.rejections:
                     pending.append(await self._dead_letter(msg, decoded.rejections))
                 for ev in decoded.events:
-                    progress.append((tp.partition, ev.time_ms, ingest_ms))
+                    t = ev.time_ms if ev.time_ms < ingest_ms else ingest_ms
+                    if newest is None or t > newest:
+                        newest = t
                     for key, level in routes(self.policy, ev):
                         held = by_key.get(key)
                         if held is None:
                             held = by_key[key] = ([], [])
                         held[0].append(ev)
                         held[1].append(level)
+            if newest is not None:
+                progress[tp.partition] = newest
         # One routed record per organisation per batch: the counter's cost is per record.
         for key, (events, levels) in by_key.items():
             for i in range(0, len(events), MAX_ROUTED_EVENTS):
                 j = i + MAX_ROUTED_EVENTS
                 for value in encode_routed_chunks(events[i:j], newest_ingest, levels[i:j]):
                     pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
-        for partition, event_ms, ingest_ms in progress:
-            self.sources.routed(partition, event_ms, ingest_ms, now_s)
+        for partition, newest in progress.items():
+            self.sources.routed(partition, newest, now_s)
         return pending
 
     async def _dead_letter(self, msg: ConsumerRecord, rejections: list[Rejection]) -> Any:

@@ -41,14 +41,14 @@ class SourceTracker:
         keep = set(partitions)
         self.sources = {p: self.sources.get(p) or Source(last_event_s=now_s) for p in keep}
 
-    def routed(self, partition: int, event_ms: int, ingest_ms: int, now_s: float) -> None:
-        """An event from `partition` was routed (called after it was handed to the producer)."""
+    def routed(self, partition: int, newest_ms: int, now_s: float) -> None:
+        """Events from `partition` were routed (called after they were handed to the producer);
+        `newest_ms` is the newest of their times, each no later than its record's arrival."""
         source = self.sources.get(partition)
         if source is None:
             return
-        t = min(event_ms, ingest_ms)
-        if source.wm is None or t > source.wm:
-            source.wm = t
+        if source.wm is None or newest_ms > source.wm:
+            source.wm = newest_ms
         source.last_event_s = now_s
 
     def positions(self, caught_up: dict[int, bool]) -> None:

@@ -107,12 +107,13 @@ def test_progress_is_restored_exactly_after_a_restart() -> None:
     assert not restored.report(3, NOW, {0: (T, False), 1: (None, True), 2: (T + 7 * S, False)})
 
 
-def test_the_router_counts_an_event_no_later_than_its_arrival() -> None:
+def test_the_router_reports_what_it_routed_from_each_partition() -> None:
     tracker = SourceTracker(idle_timeout_s=30, drift_ms=60_000)
     tracker.assigned([0, 1], now_s=0)
-    tracker.routed(0, event_ms=T + 90 * S, ingest_ms=T + 60 * S, now_s=1)  # clock running ahead
-    tracker.routed(1, event_ms=T, ingest_ms=T + 60 * S, now_s=1)
-    report = tracker.report(4, NOW, now_s=1)
+    tracker.routed(0, T + 60 * S, now_s=1)
+    tracker.routed(1, T, now_s=1)
+    tracker.routed(1, T - S, now_s=2)  # an older batch never moves it back
+    report = tracker.report(4, NOW, now_s=2)
     assert report.partitions == 4
     assert report.stamp_ms == NOW
     assert report.sources == {0: (T + 60 * S, False), 1: (T, False)}
@@ -121,14 +122,14 @@ def test_the_router_counts_an_event_no_later_than_its_arrival() -> None:
 def test_a_partition_is_idle_once_caught_up_and_silent_for_the_timeout() -> None:
     tracker = SourceTracker(idle_timeout_s=30, drift_ms=60_000)
     tracker.assigned([0, 1], now_s=100)
-    tracker.routed(0, T, T, now_s=100)
+    tracker.routed(0, T, now_s=100)
     tracker.positions({0: True, 1: False})
     assert not tracker.idle(0, now_s=129)
     assert tracker.idle(0, now_s=130)
     assert not tracker.idle(1, now_s=500)  # never read to its end: a backlog holds
     tracker.positions({1: True})
     assert tracker.idle(1, now_s=500)  # empty and caught up
-    tracker.routed(0, T + S, T + S, now_s=131)
+    tracker.routed(0, T + S, now_s=131)
     assert not tracker.idle(0, now_s=131)
     # A reassignment keeps what it knew of partitions it still reads, forgets the others.
     tracker.assigned([0, 2], now_s=200)
@@ -139,14 +140,14 @@ def test_a_partition_is_idle_once_caught_up_and_silent_for_the_timeout() -> None
 def test_catch_up_pauses_a_backlog_that_runs_ahead_but_never_live_traffic() -> None:
     tracker = SourceTracker(idle_timeout_s=30, drift_ms=60_000)
     tracker.assigned([0, 1, 2], now_s=0)
-    tracker.routed(0, T, T, now_s=1)
-    tracker.routed(1, T + 120 * S, T + 120 * S, now_s=1)
-    tracker.routed(2, T + 3_600 * S, T + 3_600 * S, now_s=1)
+    tracker.routed(0, T, now_s=1)
+    tracker.routed(1, T + 120 * S, now_s=1)
+    tracker.routed(2, T + 3_600 * S, now_s=1)
     tracker.positions({0: False, 1: False, 2: True})
     pause, resume = tracker.ahead(now_s=1)
     assert pause == {1}  # 2 minutes ahead of the slowest, with records left to read
     assert resume == {0, 2}  # partition 2 is read to its end: live traffic is never held
-    tracker.routed(0, T + 80 * S, T + 80 * S, now_s=2)
+    tracker.routed(0, T + 80 * S, now_s=2)
     assert tracker.ahead(now_s=2)[0] == {1}  # 40 s ahead: not yet within half the drift
-    tracker.routed(0, T + 100 * S, T + 100 * S, now_s=3)
+    tracker.routed(0, T + 100 * S, now_s=3)
     assert tracker.ahead(now_s=3) == (set(), {0, 1, 2})

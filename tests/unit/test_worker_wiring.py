@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from intervaltree import IntervalTree
 from prometheus_client import CollectorRegistry
 
 from meter.adapters.policy_file import read_policy
-from meter.adapters.router import ingest_time, routes
+from meter.adapters.router import Router, ingest_time, routes
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import (
     MAX_RECORD_BYTES,
@@ -162,3 +165,43 @@ def test_after_a_read_back_faust_can_commit_past_every_offset_it_skipped(
     asyncio.run(worker._fill_gap(ledger, 0, 51, 120))
     consumer._acked[tp].append(120)  # the record faust delivered, once counted
     assert FaustConsumer._new_offset(consumer, tp) == 121
+
+
+def test_the_router_counts_each_event_no_later_than_its_arrival(tmp_path: Path) -> None:
+    """A gateway whose clock runs ahead (within the allowed skew) cannot push its partition's
+    event time past when its records reached Kafka; beyond the skew an event is dead-lettered."""
+    policy = read_policy(EXAMPLE)
+    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    sent: list[tuple[str, dict[str, object]]] = []
+
+    async def send(topic: str, **kw: object) -> asyncio.Future[None]:
+        sent.append((topic, kw))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    now = 1_646_136_000_000
+    router = Router(
+        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10), send,
+        lambda: now / 1000,
+    )  # fmt: skip
+    router.sources.assigned([0], now_s=0)
+    app = next(iter(policy.apps))
+
+    def record(offset: int, event_ms: int, arrived_ms: int) -> ConsumerRecord[bytes, bytes]:
+        value = json.dumps({"id": f"e{offset}", "time": event_ms, "app_id": app}).encode()
+        return ConsumerRecord(
+            settings.input_topic, 0, offset, arrived_ms, 0, None, value, None, 0, len(value), []
+        )
+
+    batch = {
+        TopicPartition(settings.input_topic, 0): [
+            record(0, now - 120_000, now - 60_000),  # on time
+            record(1, now + 60_000, now - 30_000),  # a minute ahead of its arrival
+            record(2, now + 3_600_000, now),  # an hour ahead: beyond the skew
+        ]
+    }
+    asyncio.run(router._route(batch))
+    assert router.sources.sources[0].wm == now - 30_000
+    dead = [kw for topic, kw in sent if topic == settings.dlq_topic]
+    assert [dict(kw["headers"])["meter-reason"] for kw in dead] == [b"future_time"]  # type: ignore[call-overload]
