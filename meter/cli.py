@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from meter.adapters.broker import BrokerError, BrokerLayout, LocalBroker
-from meter.config import BrokerSettings
+from meter.adapters.broker import BROKER_OPTIONS, BrokerError, BrokerLayout, LocalBroker
+from meter.config import add_arguments
 from meter.core.errors import ConfigError, MeterError, PolicyError
 
 log = logging.getLogger("meter")
@@ -25,12 +25,7 @@ def _flags(args: argparse.Namespace) -> dict[str, object | None]:
 
 
 def local_broker(flags: Mapping[str, object | None], env: Mapping[str, str]) -> LocalBroker:
-    s = BrokerSettings.load(flags, env)
-    return LocalBroker(
-        BrokerLayout(
-            home=s.home, state=s.state, host=s.host, port=s.port, controller_port=s.controller_port
-        )
-    )
+    return LocalBroker(BrokerLayout.load(flags, env))
 
 
 def cmd_kafka(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -72,14 +67,7 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Manage a single-node KRaft broker on loopback. Data and logs: var/kafka/.",
     )
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])
-    p.add_argument("--port", type=int, default=None, help="broker port (METER_KAFKA_PORT, 9092)")
-    p.add_argument(
-        "--controller-port",
-        type=int,
-        default=None,
-        help="KRaft controller port (METER_KAFKA_CONTROLLER_PORT, broker port + 1)",
-    )
-    p.add_argument("--kafka-home", default=None, help="the Maven project (METER_KAFKA_HOME)")
+    add_arguments(p, BROKER_OPTIONS)
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for start-up")
     p.set_defaults(handler=cmd_kafka)
 

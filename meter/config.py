@@ -1,4 +1,6 @@
-"""Settings: frozen dataclasses read from CLI flags and an injectable environment (`METER_*`).
+"""Settings. Every option is declared once, as an `Option`: its flag, environment variable,
+default, parser and help. The command line (`add_arguments`), the settings objects (`load`) and
+the README's tables (`markdown_table`; `python -m meter.config` prints them) derive from it.
 
 A flag wins over its environment variable, which wins over the default. A bad value raises
 `ConfigError` naming the flag and the variable.
@@ -6,39 +8,91 @@ A flag wins over its environment variable, which wins over the default. A bad va
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
+from meter.core.durations import DAY_MS, parse_setting_duration
 from meter.core.errors import ConfigError
-
-T = TypeVar("T")
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def setting(
-    flags: Mapping[str, object | None],
-    env: Mapping[str, str],
-    name: str,
-    var: str,
-    default: T,
-    convert: Callable[[str], T],
-) -> T:
-    """The value of setting `name`: flag `--name`, else `$var`, else `default`."""
-    raw = flags.get(name)
-    label = f"--{name.replace('_', '-')} / {var}"
-    if raw is None:
-        raw = env.get(var)
-        if raw is None or raw == "":
-            return default
-    try:
-        return convert(str(raw))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(label, f"invalid value {raw!r}: {exc}") from exc
+Values = Mapping[str, Any]
+"""Settings loaded so far, by field name: what a default may depend on."""
+Env = Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class Option:
+    """One setting: `--flag`, `METER_*` variable, default, parser, one line of help."""
+
+    flag: str
+    default: Any
+    """A value, or a function of (the values loaded before it, the environment)."""
+    parse: Callable[[str], Any]
+    help: str
+    shown: str
+    """The default as people read it: `60s`, `<input>.dlq`, `(required)`."""
+    field: str = ""
+    """The settings object's attribute (default: the flag's name)."""
+    var: str = ""
+    """The environment variable (default: METER_ and the flag's name)."""
+    secret: bool = False
+    """Never shown: give it by variable (flags show in `ps`)."""
+
+    def __post_init__(self) -> None:
+        stem = self.flag.removeprefix("--").replace("-", "_")
+        if not self.field:
+            object.__setattr__(self, "field", stem)
+        if not self.var:
+            object.__setattr__(self, "var", f"METER_{stem.upper()}")
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination of the flag."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def label(self) -> str:
+        return f"{self.flag} / {self.var}"
+
+    def value(self, flags: Mapping[str, object | None], env: Env, loaded: Values) -> Any:
+        raw = flags.get(self.dest)
+        if raw is None:
+            raw = env.get(self.var)
+            if raw is None or raw == "":
+                return self.default(loaded, env) if callable(self.default) else self.default
+        try:
+            return self.parse(str(raw))
+        except (ValueError, TypeError) as exc:
+            shown = "***" if self.secret else repr(raw)
+            raise ConfigError(self.label, f"invalid value {shown}: {exc}") from exc
+
+
+def load(options: Sequence[Option], flags: Mapping[str, object | None], env: Env) -> dict[str, Any]:
+    """The value of every option, by field name, in declaration order."""
+    values: dict[str, Any] = {}
+    for option in options:
+        values[option.field] = option.value(flags, env, values)
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, options: Sequence[Option]) -> None:
+    """Add the options' flags to a parser or argument group; all default to None (`load`
+    decides), so an unset flag lets the environment variable through."""
+    for option in options:
+        parser.add_argument(option.flag, help=f"{option.help} ({option.var}, {option.shown})")
+
+
+def markdown_table(options: Sequence[Option]) -> str:
+    rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{o.flag}` | `{o.var}` | {o.shown} | {o.help} |" for o in options]
+    return "\n".join(rows)
+
+
+# -- parsers -------------------------------------------------------------------------------------
 def port_number(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -59,62 +113,16 @@ def non_empty(text: str) -> str:
     return text.strip()
 
 
-def default_state_dir(env: Mapping[str, str]) -> Path:
-    """Runtime files (broker data, worker state) live under `var/` in the checkout by default."""
-    return Path(env.get("METER_STATE_DIR") or _REPO_ROOT / "var")
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    """Where the local development broker's Maven project is, where its data goes, its ports."""
-
-    home: Path
-    state: Path
-    port: int = 9092
-    controller_port: int = 9093
-    host: str = "127.0.0.1"
-
-    @classmethod
-    def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> BrokerSettings:
-        home = setting(
-            flags, env, "kafka_home", "METER_KAFKA_HOME", _REPO_ROOT / "deploy/kafka", Path
-        )
-        state = default_state_dir(env) / "kafka"
-        port = setting(flags, env, "port", "METER_KAFKA_PORT", 9092, port_number)
-        cport = setting(
-            flags, env, "controller_port", "METER_KAFKA_CONTROLLER_PORT", port + 1, port_number
-        )
-        if cport == port:
-            raise ConfigError(
-                "--controller-port / METER_KAFKA_CONTROLLER_PORT",
-                f"must differ from the broker port {port}",
-            )
-        return cls(home=home, state=state, port=port, controller_port=cport)
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    """How workers and tools reach Kafka. An empty bootstrap means: use the local broker."""
-
-    bootstrap: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> KafkaSettings:
-        bootstrap = setting(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty)
-        return cls(bootstrap=bootstrap)
-
-
 def duration_ms(text: str) -> int:
-    """ "90s", "15m", "1h", "1d", "500ms" or a number of seconds."""
-    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    t = text.strip().lower()
-    for suffix in ("ms", "s", "m", "h", "d"):
-        if t.endswith(suffix) and t[: -len(suffix)].strip().isdigit():
-            return int(t[: -len(suffix)]) * units[suffix]
-    if t.isdigit():
-        return int(t) * 1000
-    raise ValueError("expected a duration such as 90s, 15m, 1h or 1d")
+    """A duration (`meter.core.durations`: 500ms, 90s, 15m, 1h, 1d, 2h30m, or whole seconds)."""
+    return parse_setting_duration(text)
+
+
+def positive_ms(text: str) -> int:
+    value = duration_ms(text)
+    if value <= 0:
+        raise ValueError("must be longer than zero")
+    return value
 
 
 def session_timeout_ms(text: str) -> int:
@@ -132,9 +140,103 @@ def store_url(text: str) -> str:
     return value
 
 
+def default_state_dir(env: Env) -> Path:
+    """Runtime files (broker data, worker state) live under `var/` in the checkout by default."""
+    return Path(env.get("METER_STATE_DIR") or _REPO_ROOT / "var")
+
+
+# -- options shared by several commands ------------------------------------------------------
+POLICY = Option("--policy", None, non_empty, "policy YAML file", "(required)")
+BOOTSTRAP = Option(
+    "--bootstrap", None, non_empty, "Kafka bootstrap servers", "local broker if running",
+    var="METER_KAFKA_BOOTSTRAP",
+)  # fmt: skip
+INPUT_TOPIC = Option("--input-topic", "api-calls", non_empty, "input topic", "`api-calls`")
+WEB_PORT = Option("--web-port", 6066, port_number, "port of `/metrics`", "`6066`")
+
+
+def _data_dir(values: Values, env: Env) -> Path:
+    return default_state_dir(env) / "worker" / f"{values['group']}-{values['web_port']}"
+
+
+WORKER_OPTIONS: tuple[Option, ...] = (
+    POLICY,
+    BOOTSTRAP,
+    INPUT_TOPIC,
+    Option(
+        "--dlq-topic", lambda v, _: f"{v['input_topic']}.dlq", non_empty, "dead-letter topic",
+        "`<input>.dlq`",
+    ),
+    Option("--alerts-topic", "usage-alerts", non_empty, "alerts topic", "`usage-alerts`"),
+    Option("--windows-topic", "usage-windows", non_empty, "window totals topic", "`usage-windows`"),
+    Option(
+        "--group", "meter", non_empty,
+        "consumer group, faust app id, prefix of internal topics", "`meter`",
+    ),
+    Option(
+        "--partitions", 4, positive_int,
+        "partitions of the topics it creates; must match `<group>-routed`", "`4`",
+    ),
+    Option(
+        "--grace", 60_000, duration_ms, "event-time grace before a window closes", "`60s`",
+        field="grace_ms",
+    ),
+    Option(
+        "--session-timeout", 60_000, session_timeout_ms,
+        "how long a worker that stopped answering (killed, frozen) keeps its partitions; "
+        "6s to 30m", "`60s`", field="session_timeout_ms",
+    ),
+    Option(
+        "--dedup-horizon", 3_600_000, duration_ms,
+        "how long event ids are remembered, in ingest time (see *Dedup horizon*)", "`1h`",
+        field="dedup_horizon_ms",
+    ),
+    Option(
+        "--late-horizon", DAY_MS, duration_ms,
+        "how long closed windows keep every breakdown (late events re-publish all figures)",
+        "`1d`", field="late_horizon_ms",
+    ),
+    Option(
+        "--history-horizon", 35 * DAY_MS, duration_ms,
+        "how long after that compact totals are kept; older events are dead-lettered "
+        "(`too_late`)", "`35d`", field="history_horizon_ms",
+    ),
+    Option(
+        "--idle-timeout", 30_000, duration_ms,
+        "an input partition read to its end without events for this long stops holding back "
+        "event time; when all are idle, windows close on the clock", "`30s`",
+        field="idle_timeout_ms",
+    ),
+    Option(
+        "--max-future-skew", 300_000, duration_ms,
+        "events dated further ahead of their arrival in Kafka are dead-lettered "
+        "(`future_time`)", "`5m`", field="max_future_skew_ms",
+    ),
+    Option(
+        "--store", "rocksdb", store_url,
+        "`rocksdb`, or `memory` (replays the changelog at start)", "`rocksdb`",
+    ),
+    Option("--web-host", "127.0.0.1", non_empty, "bind address of `/metrics`", "`127.0.0.1`"),
+    WEB_PORT,
+    Option(
+        "--data-dir", _data_dir, Path, "RocksDB state; one per worker process",
+        "`var/worker/<group>-<port>`",
+    ),
+    Option(
+        "--tick", 1_000, positive_ms,
+        "how often routers report progress when no batch does (also retries unsent outputs)",
+        "`1s`", field="tick_ms",
+    ),
+    Option(
+        "--metrics-max-apps", 100, positive_int, "apps with their own cap series", "`100`",
+    ),
+    Option("--replication", 1, positive_int, "replication factor of topics it creates", "`1`"),
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Everything a `meter worker` process needs; see the README's configuration table."""
+    """Everything a `meter worker` process needs (`WORKER_OPTIONS`)."""
 
     policy: Path
     bootstrap: str | None
@@ -145,24 +247,19 @@ class WorkerSettings:
     group: str = "meter"
     partitions: int = 4
     grace_ms: int = 60_000
+    session_timeout_ms: int = 60_000
     dedup_horizon_ms: int = 3_600_000
-    late_horizon_ms: int = 86_400_000
-    history_horizon_ms: int = 35 * 86_400_000
+    late_horizon_ms: int = DAY_MS
+    history_horizon_ms: int = 35 * DAY_MS
     idle_timeout_ms: int = 30_000
-    """An input partition read to its end without events for this long no longer holds back
-    the watermark; when all are idle, windows close on the wall clock."""
     max_future_skew_ms: int = 300_000
-    """Events dated further ahead of their arrival in Kafka are dead-lettered (future_time)."""
     store: str = "rocksdb"
     data_dir: Path = Path("var/worker")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     tick_ms: int = 1_000
-    """How often routers report progress when nothing else moves."""
     metrics_max_apps: int = 100
     replication: int = 1
-    session_timeout_ms: int = 60_000
-    """How long a worker that stopped answering (killed, frozen) keeps its partitions."""
 
     @property
     def routed_topic(self) -> str:
@@ -184,57 +281,26 @@ class WorkerSettings:
         return f"{self.group}-ledger-changelog"
 
     @classmethod
-    def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> WorkerSettings:
-        policy = setting(flags, env, "policy", "METER_POLICY", None, non_empty)
-        if policy is None:
-            raise ConfigError("--policy / METER_POLICY", "a policy file is required")
-        input_topic = setting(
-            flags, env, "input_topic", "METER_INPUT_TOPIC", "api-calls", non_empty
-        )
-        group = setting(flags, env, "group", "METER_GROUP", "meter", non_empty)
-        web_port = setting(flags, env, "web_port", "METER_WEB_PORT", 6066, port_number)
-        default_data = default_state_dir(env) / "worker" / f"{group}-{web_port}"
-        return cls(
-            policy=Path(policy),
-            bootstrap=setting(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty),
-            input_topic=input_topic,
-            dlq_topic=setting(
-                flags, env, "dlq_topic", "METER_DLQ_TOPIC", f"{input_topic}.dlq", non_empty
-            ),
-            alerts_topic=setting(
-                flags, env, "alerts_topic", "METER_ALERTS_TOPIC", "usage-alerts", non_empty
-            ),
-            windows_topic=setting(
-                flags, env, "windows_topic", "METER_WINDOWS_TOPIC", "usage-windows", non_empty
-            ),
-            group=group,
-            partitions=setting(flags, env, "partitions", "METER_PARTITIONS", 4, positive_int),
-            grace_ms=setting(flags, env, "grace", "METER_GRACE", 60_000, duration_ms),
-            dedup_horizon_ms=setting(
-                flags, env, "dedup_horizon", "METER_DEDUP_HORIZON", 3_600_000, duration_ms
-            ),
-            late_horizon_ms=setting(
-                flags, env, "late_horizon", "METER_LATE_HORIZON", 86_400_000, duration_ms
-            ),
-            history_horizon_ms=setting(
-                flags, env, "history_horizon", "METER_HISTORY_HORIZON", 35 * 86_400_000, duration_ms
-            ),
-            idle_timeout_ms=setting(
-                flags, env, "idle_timeout", "METER_IDLE_TIMEOUT", 30_000, duration_ms
-            ),
-            max_future_skew_ms=setting(
-                flags, env, "max_future_skew", "METER_MAX_FUTURE_SKEW", 300_000, duration_ms
-            ),
-            store=setting(flags, env, "store", "METER_STORE", "rocksdb", store_url),
-            data_dir=setting(flags, env, "data_dir", "METER_DATA_DIR", default_data, Path),
-            web_host=setting(flags, env, "web_host", "METER_WEB_HOST", "127.0.0.1", non_empty),
-            web_port=web_port,
-            tick_ms=setting(flags, env, "tick", "METER_TICK", 1_000, duration_ms),
-            metrics_max_apps=setting(
-                flags, env, "metrics_max_apps", "METER_METRICS_MAX_APPS", 100, positive_int
-            ),
-            replication=setting(flags, env, "replication", "METER_REPLICATION", 1, positive_int),
-            session_timeout_ms=setting(
-                flags, env, "session_timeout", "METER_SESSION_TIMEOUT", 60_000, session_timeout_ms
-            ),
-        )
+    def load(cls, flags: Mapping[str, object | None], env: Env) -> WorkerSettings:
+        values = load(WORKER_OPTIONS, flags, env)
+        if values["policy"] is None:
+            raise ConfigError(POLICY.label, "a policy file is required")
+        values["policy"] = Path(values["policy"])
+        return cls(**values)
+
+
+def main() -> None:
+    """Print the settings tables the README shows."""
+    from meter.adapters.broker import BROKER_OPTIONS  # noqa: PLC0415 - adapters import config
+    from meter.adapters.sinks.settings import SINK_OPTIONS  # noqa: PLC0415
+
+    for title, options in (
+        ("meter worker", WORKER_OPTIONS),
+        ("alert sinks", SINK_OPTIONS),
+        ("meter kafka", BROKER_OPTIONS),
+    ):
+        print(f"### {title}\n\n{markdown_table(options)}\n")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -26,13 +26,15 @@ from kafka import KafkaConsumer
 
 from meter.adapters.broker import BrokerLayout, LocalBroker, port_open
 from meter.adapters.topics import TopicSpec, ensure_topics
-from meter.config import BrokerSettings, default_state_dir, duration_ms, setting
+from meter.config import WEB_PORT, Option, add_arguments, default_state_dir, load, positive_int
+from meter.core.durations import MINUTE_MS
 from meter.core.errors import MeterError
 from meter.sim.compare import compare
 from meter.sim.truth import load_truth
 
 DEMO_POLICY = Path(__file__).resolve().parent / "examples" / "demo-2022.yaml"
 GRACE = "60s"
+GRACE_MS = MINUTE_MS
 IDLE_TIMEOUT = "10s"
 """Once the replay has been sent, the input partitions go idle after this and every window
 closes; the simulator never pauses that long while it sends."""
@@ -144,8 +146,8 @@ def kafka_for_demo(env: Mapping[str, str]) -> Iterator[str]:
     if configured:
         yield configured
         return
-    s = BrokerSettings.load({}, env)
-    broker = LocalBroker(BrokerLayout(s.home, s.state, s.host, s.port, s.controller_port))
+    s = BrokerLayout.load({}, env)
+    broker = LocalBroker(s)
     started = False
     if not port_open(s.host, s.port):
         out(f"starting the local Kafka broker on {s.host}:{s.port} ...")
@@ -159,8 +161,8 @@ def kafka_for_demo(env: Mapping[str, str]) -> Iterator[str]:
 
 
 def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    calls = setting(vars(args), env, "calls", "METER_DEMO_CALLS", 200_000, int)
-    web_port = setting(vars(args), env, "web_port", "METER_WEB_PORT", 6066, int)
+    options = load(DEMO_OPTIONS, vars(args), env)
+    calls, web_port = options["calls"], options["web_port"]
     run_id = time.strftime("%Y%m%d-%H%M%S")
     state = default_state_dir(env) / "demo" / run_id
     names = {k: f"demo-{run_id}-{k}" for k in ("api-calls", "alerts", "windows", "dlq")}
@@ -217,14 +219,14 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             expected = int(truth.sent["calls"])
             out(f"all sent; waiting for the worker to count {expected:,} calls ...")
             _wait(lambda: (metric(metrics_url, "meter_events_total") or 0) >= expected, worker, 600)
-            last_end = max(w.end_ms for w in truth.windows) + duration_ms(GRACE)
+            last_end = max(w.end_ms for w in truth.windows) + GRACE_MS
             out("counted; waiting for the input to go idle and every window to close ...")
             _wait(lambda: all_closed(metrics_url, last_end / 1000), worker, 300)
             windows = read_topic(bootstrap, names["windows"])
             time.sleep(2)  # the last alerts of the last batch
             tail.stopping.set()
             tail.join(timeout=10)
-            result = compare(truth, windows, tail.alerts, grace_ms=duration_ms(GRACE))
+            result = compare(truth, windows, tail.alerts, grace_ms=GRACE_MS)
             out("")
             out(_summary(truth.sent, metrics_url, len(windows), len(tail.alerts)))
             out(result.summary())
@@ -265,6 +267,13 @@ def _summary(sent: Mapping[str, Any], metrics_url: str, windows: int, alerts: in
     )
 
 
+DEMO_OPTIONS: tuple[Option, ...] = (
+    Option("--calls", 200_000, positive_int, "calls to replay", "`200000`",
+           var="METER_DEMO_CALLS"),
+    WEB_PORT,
+)  # fmt: skip
+
+
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
@@ -274,6 +283,5 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "compare the meter's totals and alerts with the simulator's ground truth. Ctrl-C stops "
         "everything it started.",
     )
-    p.add_argument("--calls", help="calls to replay (METER_DEMO_CALLS, 200000)")
-    p.add_argument("--web-port", help="worker metrics port (METER_WEB_PORT, 6066)")
+    add_arguments(p, DEMO_OPTIONS)
     p.set_defaults(handler=run_demo)

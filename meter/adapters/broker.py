@@ -15,12 +15,16 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from meter.core.errors import MeterError
+from meter.config import BOOTSTRAP, Option, default_state_dir, load, port_number
+from meter.core.errors import ConfigError, MeterError
 
 log = logging.getLogger(__name__)
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _SERVER_PROPERTIES = """\
 # Written by `meter kafka start`; edits are overwritten on the next start.
@@ -53,13 +57,23 @@ class BrokerError(MeterError):
 
 @dataclass(frozen=True)
 class BrokerLayout:
-    """Where the Maven project lives (`home`) and where data, logs and the pid file go (`state`)."""
+    """Where the Maven project lives (`home`) and where data, logs and the pid file go (`state`);
+    `load` reads it from `BROKER_OPTIONS`."""
 
     home: Path
     state: Path
     host: str = "127.0.0.1"
     port: int = 9092
     controller_port: int = 9093
+
+    @classmethod
+    def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> BrokerLayout:
+        values = load(BROKER_OPTIONS, flags, env)
+        if values["controller_port"] == values["port"]:
+            raise ConfigError(
+                BROKER_OPTIONS[1].label, f"must differ from the broker port {values['port']}"
+            )
+        return cls(state=default_state_dir(env) / "kafka", **values)
 
     @property
     def lib(self) -> Path:
@@ -88,6 +102,42 @@ class BrokerLayout:
     @property
     def properties_file(self) -> Path:
         return self.state / "server.properties"
+
+
+BROKER_OPTIONS: tuple[Option, ...] = (
+    Option("--port", 9092, port_number, "broker port", "`9092`", var="METER_KAFKA_PORT"),
+    Option(
+        "--controller-port", lambda v, _: v["port"] + 1, port_number, "KRaft controller port",
+        "broker port + 1", var="METER_KAFKA_CONTROLLER_PORT",
+    ),
+    Option(
+        "--kafka-home", _REPO_ROOT / "deploy" / "kafka", Path, "the broker's Maven project",
+        "`deploy/kafka`", field="home",
+    ),
+)  # fmt: skip
+"""The local broker's settings (`meter kafka`); data, logs and pid file go in `var/kafka/`."""
+
+
+def kafka_bootstrap(configured: str | None, env: Mapping[str, str]) -> str:
+    """The configured bootstrap servers, or the local broker when it is running."""
+    if configured:
+        return configured
+    local = BrokerLayout.load({}, env)
+    if port_open(local.host, local.port):
+        log.info("no Kafka configured: using the local broker at %s", local.bootstrap)
+        return local.bootstrap
+    raise ConfigError(
+        BOOTSTRAP.label,
+        f"no Kafka configured and no local broker at {local.bootstrap}; set it, or run "
+        "`meter kafka start`",
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for local brokers and servers in tests and runs)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -14,12 +14,11 @@ from meter.adapters.telemetry import Telemetry
 from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
 from meter.adapters.worker import MeterWorker
 from meter.config import WorkerSettings
+from meter.core.durations import DAY_MS
 from meter.core.errors import ConfigError
 from meter.core.policy import Policy
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 def topic_specs(s: WorkerSettings) -> list[TopicSpec]:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from meter.core.durations import UNITS_MS, parse_duration
 from meter.core.errors import PolicyError
 
 __all__ = [
@@ -27,18 +28,6 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
-# Largest unit first: a window's name uses the largest unit that divides its size exactly.
-_UNITS_MS: tuple[tuple[str, int], ...] = (
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-)
-_UNIT_MS = dict(_UNITS_MS)
-_UNIT_RANK = {unit: rank for rank, (unit, _) in enumerate(_UNITS_MS)}
-_DURATION_RE = re.compile(r"(?:[0-9]+(?:ms|d|h|m|s))+")
-_DURATION_PART_RE = re.compile(r"([0-9]+)(ms|d|h|m|s)")
 _MONTH_NAME_RE = re.compile(r"month:reset=([0-9]{1,2}):tz=(.+)")
 _MONTH_FIELDS = ("reset_day", "timezone")
 
@@ -64,7 +53,8 @@ class WindowSpec(Protocol):
 
 
 def _fixed_name(size_ms: int) -> str:
-    for unit, unit_ms in _UNITS_MS:
+    """The canonical name of a fixed size: its largest exact unit (`90s`, `2h`, `1500ms`)."""
+    for unit, unit_ms in UNITS_MS:
         if size_ms % unit_ms == 0:
             return f"{size_ms // unit_ms}{unit}"
     raise AssertionError("unreachable: every size is a whole number of ms")
@@ -179,32 +169,14 @@ def window_label(w: Window) -> str:
 
 
 def parse_duration_ms(value: object, path: str) -> int:
-    """A positive duration: '90s', '15m', '1h', '1d', '500ms', '2h30m', or int seconds."""
-    if isinstance(value, bool):
+    """A positive duration from a policy value: with units (`meter.core.durations`), or an
+    integer number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise PolicyError(path, f"must be a duration like '15m' or whole seconds, got {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise PolicyError(path, f"duration must be positive, got {value}")
-        return value * 1000
-    if not isinstance(value, str):
-        raise PolicyError(path, f"must be a duration like '15m' or whole seconds, got {value!r}")
-    text = value.strip()
-    if not _DURATION_RE.fullmatch(text):
-        raise PolicyError(
-            path,
-            f"invalid duration {value!r}: use a number and a unit (d, h, m, s, ms), e.g. '15m'",
-        )
-    total = 0
-    last_rank = -1
-    for match in _DURATION_PART_RE.finditer(text):
-        number, unit = match.groups()
-        rank = _UNIT_RANK[unit]
-        if rank <= last_rank:
-            raise PolicyError(
-                path, f"invalid duration {value!r}: units must go from largest to smallest, once"
-            )
-        last_rank = rank
-        total += int(number) * _UNIT_MS[unit]
+    try:
+        total = value * 1000 if isinstance(value, int) else parse_duration(value)
+    except ValueError as exc:
+        raise PolicyError(path, str(exc)) from None
     if total <= 0:
         raise PolicyError(path, f"duration must be positive, got {value!r}")
     return total

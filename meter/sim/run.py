@@ -13,9 +13,10 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
+from meter.adapters.broker import kafka_bootstrap
 from meter.adapters.policy_file import bundled_policy_path, read_policy
 from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
-from meter.config import default_state_dir, non_empty, setting
+from meter.config import BOOTSTRAP, INPUT_TOPIC, POLICY, default_state_dir
 from meter.core.errors import ConfigError
 from meter.core.windows import format_ms
 from meter.sim import SimulationError
@@ -67,11 +68,10 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
 def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """The `meter simulate` command; returns its exit code (errors raise `MeterError`s)."""
     flags: dict[str, object | None] = dict(vars(args))
-    policy_path = setting(
-        flags, env, "policy", "METER_POLICY", str(bundled_policy_path()), non_empty
-    )
+    flags["input_topic"] = flags.pop("topic", None)  # `simulate --topic` is the input topic
+    policy_path = POLICY.value(flags, env, {}) or str(bundled_policy_path())
     policy = read_policy(policy_path)
-    topic = setting(flags, env, "topic", "METER_INPUT_TOPIC", "api-calls", non_empty)
+    topic = INPUT_TOPIC.value(flags, env, {})
     config = _config(args)
     if not 0 <= args.max_hold <= MAX_HOLD_MS or not 1 <= args.batch_size <= 10_000:
         raise ConfigError("--max-hold / --batch-size", "at most 40m, and 1 to 10,000 events")
@@ -93,10 +93,7 @@ def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     producer: Any = None
     bootstrap: str | None = None
     if not args.dry_run:
-        from meter.commands import resolve_bootstrap  # noqa: PLC0415 - commands imports this
-
-        configured = setting(flags, env, "bootstrap", "METER_KAFKA_BOOTSTRAP", None, non_empty)
-        bootstrap = resolve_bootstrap(configured, env)
+        bootstrap = kafka_bootstrap(BOOTSTRAP.value(flags, env, {}), env)
         try:
             ensure_topics(bootstrap, [TopicSpec(topic, args.partitions)])
             count = settled_partition_counts(bootstrap, [topic]).get(topic, args.partitions)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+from meter.core.durations import HOUR_MS
 from meter.core.policy import Policy
 from meter.sim.malformed import Malformed, make_malformed
 from meter.sim.profiles import (
@@ -28,7 +29,7 @@ from meter.sim.profiles import (
     spread,
 )
 from meter.sim.timetext import TimeText
-from meter.sim.traffic import HOUR_MS, Slot, allocate, hourly_weights, plan_bursts
+from meter.sim.traffic import Slot, allocate, hourly_weights, plan_bursts
 
 CASE_CALLS_PER_YEAR = 780_000_000  # the 2022 case: 780M calls, 26B tweets
 YEAR_MS = 365 * 86_400_000

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
+from meter.core.durations import DAY_MS, HOUR_MS
+
 MINUTE_MS = 60_000
 
 # Relative traffic per UTC hour: Europe's morning, then the US working day on top of it.

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from meter.core.durations import DAY_MS
 from meter.core.outputs import stable_id
 from meter.core.policy import Cap, Policy
 from meter.core.windows import WindowSpec
 from meter.sim import SimulationError
 from meter.sim.scenario import DISORDER, FLUSH, LATE, MARKER, Item
 
-DAY_MS = 86_400_000
 _PRUNE_BUCKET_MS = 3_600_000
 _ID_MEMORY_MS = 26 * 3_600_000  # a repeat must come within this much of the original's time
 

@@ -627,6 +627,10 @@ def test_an_unknown_app_claiming_several_orgs_has_one_owner_per_state_key(policy
     assert first.stats.calls_by_org == {}
     second = org_side.apply(2, [ev("u4", 4, "u", org_id="acme")], NOW, NOW, ["org"])
     assert (second.stats.events, second.stats.calls_by_org) == (0, {"acme": 1})
+    # A retry of such an event is one repeat, counted where the app is (as events are).
+    retry_app = app_side.apply(3, [claims_acme], NOW, NOW, ["app"])
+    retry_org = org_side.apply(3, [claims_acme], NOW, NOW, ["org"])
+    assert (retry_app.stats.duplicates, retry_org.stats.duplicates) == (1, 0)
     # both halves on one ledger (the app and the org hash to one partition): both count
     one = JsonStore()
     both = PartitionLedger(0, policy, LedgerSettings(grace_ms=MIN), one)

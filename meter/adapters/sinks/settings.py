@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
 
-from meter.config import duration_ms, positive_int, setting
+from meter.config import Option, add_arguments, duration_ms, load, positive_int, positive_ms
 from meter.core.errors import ConfigError
 
 EARLIEST = "earliest"
@@ -91,13 +91,6 @@ def non_negative_ms(text: str) -> int:
     return value
 
 
-def positive_ms(text: str) -> int:
-    value = duration_ms(text)
-    if value <= 0:
-        raise ValueError("must be longer than zero")
-    return value
-
-
 def secret_text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -137,65 +130,62 @@ class SinkSettings:
 
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Mapping[str, str]) -> SinkSettings:
-        webhook_url = setting(flags, env, "webhook_url", "METER_WEBHOOK_URL", None, http_url)
-        secret = setting(flags, env, "webhook_secret", "METER_WEBHOOK_SECRET", None, secret_text)
-        if webhook_url is not None and secret is None:
+        values = load(SINK_OPTIONS, flags, env)
+        if values["webhook_url"] is not None and values["webhook_secret"] is None:
             raise ConfigError(
-                "--webhook-secret / METER_WEBHOOK_SECRET",
-                "a webhook needs a shared secret to sign its requests",
+                SINK_OPTIONS[1].label, "a webhook needs a shared secret to sign its requests"
             )
-        backoff = setting(flags, env, "sink_backoff", "METER_SINK_BACKOFF", 500, positive_ms)
-        max_backoff = setting(
-            flags, env, "sink_max_backoff", "METER_SINK_MAX_BACKOFF", 30_000, positive_ms
-        )
-        if max_backoff < backoff:
+        if values["max_backoff_ms"] < values["backoff_ms"]:
             raise ConfigError(
-                "--sink-max-backoff / METER_SINK_MAX_BACKOFF",
-                f"must be at least --sink-backoff ({backoff} ms)",
+                SINK_OPTIONS[10].label,
+                f"must be at least --sink-backoff ({values['backoff_ms']} ms)",
             )
-        return cls(
-            webhook_url=webhook_url,
-            webhook_secret=secret,
-            webhook_timeout_ms=setting(
-                flags, env, "webhook_timeout", "METER_WEBHOOK_TIMEOUT", 10_000, positive_ms
-            ),
-            alertmanager_url=setting(
-                flags, env, "alertmanager_url", "METER_ALERTMANAGER_URL", None, base_url
-            ),
-            alertmanager_resend_ms=setting(
-                flags, env, "alertmanager_resend", "METER_ALERTMANAGER_RESEND", 60_000, positive_ms
-            ),
-            alertmanager_min_firing_ms=setting(
-                flags,
-                env,
-                "alertmanager_min_firing",
-                "METER_ALERTMANAGER_MIN_FIRING",
-                300_000,
-                non_negative_ms,
-            ),
-            alertmanager_generator_url=setting(
-                flags,
-                env,
-                "alertmanager_generator_url",
-                "METER_ALERTMANAGER_GENERATOR_URL",
-                None,
-                http_url,
-            ),
-            alertmanager_timeout_ms=setting(
-                flags,
-                env,
-                "alertmanager_timeout",
-                "METER_ALERTMANAGER_TIMEOUT",
-                10_000,
-                positive_ms,
-            ),
-            batch=setting(flags, env, "sink_batch", "METER_SINK_BATCH", 100, positive_int),
-            backoff_ms=backoff,
-            max_backoff_ms=max_backoff,
-            start=setting(
-                flags, env, "sink_start", "METER_SINK_START", StartPosition(), start_position
-            ),
-        )
+        return cls(**values)
+
+
+SINK_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--webhook-url", None, http_url,
+        "POST each alert (the exact JSON published on the topic) here", "off",
+    ),
+    Option(
+        "--webhook-secret", None, secret_text,
+        "HMAC-SHA256 key; shown as `***` when printed. Prefer the variable (flags show in `ps`)",
+        "required with a URL", secret=True,
+    ),
+    Option("--webhook-timeout", 10_000, positive_ms, "one request", "`10s`",
+           field="webhook_timeout_ms"),
+    Option(
+        "--alertmanager-url", None, base_url,
+        "Alertmanager base URL; alerts go to `POST /api/v2/alerts`", "off",
+    ),
+    Option("--alertmanager-resend", 60_000, positive_ms, "re-send active alerts this often",
+           "`60s`", field="alertmanager_resend_ms"),
+    Option(
+        "--alertmanager-min-firing", 300_000, non_negative_ms,
+        "`endsAt` is never earlier than first send + this", "`5m`",
+        field="alertmanager_min_firing_ms",
+    ),
+    Option("--alertmanager-generator-url", None, http_url, "`generatorURL` of the alerts",
+           "none"),
+    Option("--alertmanager-timeout", 10_000, positive_ms, "one request", "`10s`",
+           field="alertmanager_timeout_ms"),
+    Option(
+        "--sink-batch", 100, positive_int,
+        "alerts in flight per sink (the bounded queue; the rest wait on Kafka)", "`100`",
+        field="batch",
+    ),
+    Option("--sink-backoff", 500, positive_ms, "first retry delay", "`500ms`",
+           field="backoff_ms"),
+    Option("--sink-max-backoff", 30_000, positive_ms, "longest retry delay", "`30s`",
+           field="max_backoff_ms"),
+    Option(
+        "--sink-start", StartPosition(), start_position,
+        "where a sink with no committed offsets starts: `earliest`, `latest`, or a duration "
+        "back such as `1d`", "`earliest`", field="start",
+    ),
+)  # fmt: skip
+"""The alert sinks' settings, on `meter worker`; each sink runs when its URL is set."""
 
 
 def is_enabled(settings: SinkSettings) -> bool:
@@ -203,30 +193,6 @@ def is_enabled(settings: SinkSettings) -> bool:
     return settings.webhook_url is not None or settings.alertmanager_url is not None
 
 
-SINK_FLAGS: tuple[tuple[str, str], ...] = (
-    ("--webhook-url", "POST each alert to this URL (METER_WEBHOOK_URL)"),
-    ("--webhook-secret", "HMAC-SHA256 key signing webhook bodies (METER_WEBHOOK_SECRET)"),
-    ("--webhook-timeout", "timeout of one webhook request (METER_WEBHOOK_TIMEOUT, 10s)"),
-    ("--alertmanager-url", "Alertmanager base URL (METER_ALERTMANAGER_URL)"),
-    ("--alertmanager-resend", "re-send active alerts this often (METER_ALERTMANAGER_RESEND, 60s)"),
-    (
-        "--alertmanager-min-firing",
-        "keep every alert firing at least this long (METER_ALERTMANAGER_MIN_FIRING, 5m)",
-    ),
-    ("--alertmanager-generator-url", "generatorURL of alerts (METER_ALERTMANAGER_GENERATOR_URL)"),
-    ("--alertmanager-timeout", "timeout of one request (METER_ALERTMANAGER_TIMEOUT, 10s)"),
-    ("--sink-batch", "alerts in flight per sink (METER_SINK_BATCH, 100)"),
-    ("--sink-backoff", "first retry delay (METER_SINK_BACKOFF, 500ms)"),
-    ("--sink-max-backoff", "longest retry delay (METER_SINK_MAX_BACKOFF, 30s)"),
-    (
-        "--sink-start",
-        "a new sink starts at: earliest, latest or a duration back (METER_SINK_START, earliest)",
-    ),
-)
-
-
 def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the sink flags to a command (all default to None: `SinkSettings.load` decides)."""
-    group = parser.add_argument_group("alert sinks (besides the alerts topic)")
-    for flag, help_text in SINK_FLAGS:
-        group.add_argument(flag, help=help_text)
+    add_arguments(parser.add_argument_group("alert sinks (besides the alerts topic)"), SINK_OPTIONS)

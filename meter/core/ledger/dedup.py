@@ -72,7 +72,7 @@ class IdMemory:
             level = levels[i] if levels else None
             key = f"{ev.app_id}|{ev.id}" if level is None else f"{ev.app_id}|{ev.id}|{level}"
             if key in seen_here:
-                out.duplicates += 1
+                out.duplicates += level != "org"  # an event's org half is not a second repeat
                 continue
             seen_here.add(key)
             known = ids.get(key)
@@ -82,7 +82,7 @@ class IdMemory:
                 unsaved[key] = offset
                 in_bucket.append(key)
             elif known != offset:  # counted by another record: a retry or a re-sent event
-                out.duplicates += 1
+                out.duplicates += level != "org"
                 continue
             out.events.append(ev)
             out.levels.append(level)

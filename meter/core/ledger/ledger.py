@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from meter.core.durations import DAY_MS
 from meter.core.events import ApiCall
 from meter.core.ledger.cache import Store, WriteBackCache
 from meter.core.ledger.dedup import IdMemory
-from meter.core.ledger.lifecycle import DAY_MS, Horizons, Schedule
+from meter.core.ledger.lifecycle import Horizons, Schedule
 from meter.core.ledger.outbox import Pending, too_late, window_record
 from meter.core.ledger.progress import SourceState
 from meter.core.ledger.records import DayMarker, IdBlock, PartitionMeta, WindowSlot, decode

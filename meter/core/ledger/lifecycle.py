@@ -17,8 +17,6 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-DAY_MS = 86_400_000
-
 
 @dataclass(frozen=True, slots=True)
 class Horizons:

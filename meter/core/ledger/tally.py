@@ -16,9 +16,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from meter.core.durations import DAY_MS
 from meter.core.events import ApiCall
 from meter.core.ledger.cache import WriteBackCache
-from meter.core.ledger.lifecycle import DAY_MS, Horizons, Schedule
+from meter.core.ledger.lifecycle import Horizons, Schedule
 from meter.core.ledger.outbox import NO_ENDPOINT, OTHER, Pending
 from meter.core.ledger.records import OPEN, Cells, DayMarker, WindowSlot
 from meter.core.outputs import cap_alert, marker_alert, window_json

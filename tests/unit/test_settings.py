@@ -1,0 +1,69 @@
+"""Every setting is declared once: the loaders, the command line and the README's tables derive
+from the declarations, and their documented defaults are their real defaults."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from meter.adapters.broker import BROKER_OPTIONS
+from meter.adapters.sinks.settings import SINK_OPTIONS
+from meter.cli import build_parser
+from meter.config import WORKER_OPTIONS, Option, WorkerSettings, markdown_table
+from meter.core.errors import ConfigError
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+GROUPS = {"worker": WORKER_OPTIONS, "sinks": SINK_OPTIONS, "kafka": BROKER_OPTIONS}
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_the_readme_shows_the_generated_table(group: str) -> None:
+    table = markdown_table(GROUPS[group])
+    assert table in README, f"regenerate with `python -m meter.config`:\n{table}"
+
+
+@pytest.mark.parametrize(
+    "option", [o for group in GROUPS.values() for o in group], ids=lambda o: o.flag
+)
+def test_a_documented_default_is_the_real_default(option: Option) -> None:
+    shown = option.shown.strip("`")
+    if callable(option.default) or option.default is None or " " in shown or "<" in shown:
+        return  # derived from other settings, or off: said in words
+    if isinstance(option.default, Path):
+        assert str(option.default).endswith(shown)
+    else:
+        assert option.parse(shown) == option.default
+
+
+def test_every_option_is_a_flag_of_its_command_that_names_its_variable() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, options in (("worker", WORKER_OPTIONS + SINK_OPTIONS), ("kafka", BROKER_OPTIONS)):
+        text = " ".join(sub.choices[command].format_help().split())
+        for o in options:
+            assert o.flag in text, (command, o.flag)
+            assert o.var in text, (command, o.var)
+    flags = [o.flag for o in WORKER_OPTIONS + SINK_OPTIONS]
+    assert len(flags) == len(set(flags))
+    args = parser.parse_args(["worker", "--grace", "2m", "--policy", "p.yaml"])
+    assert WorkerSettings.load(vars(args), {}).grace_ms == 120_000
+
+
+def test_a_bad_value_names_the_flag_and_the_variable() -> None:
+    with pytest.raises(ConfigError) as bad:
+        WorkerSettings.load({"grace": "soon"}, {"METER_POLICY": "p"})
+    assert bad.value.field == "--grace / METER_GRACE"
+    assert "invalid value 'soon'" in str(bad.value)
+    with pytest.raises(ConfigError) as secret:
+        WorkerSettings.load({}, {"METER_POLICY": "p", "METER_PARTITIONS": "-1"})
+    assert secret.value.field == "--partitions / METER_PARTITIONS"
+
+
+def test_a_secret_is_never_echoed_in_an_error() -> None:
+    from meter.adapters.sinks.settings import SinkSettings  # noqa: PLC0415
+
+    with pytest.raises(ConfigError) as bad:
+        SinkSettings.load({}, {"METER_WEBHOOK_SECRET": "   "})
+    assert "***" in str(bad.value)
