@@ -7,10 +7,10 @@ import argparse
 import logging
 from collections.abc import Mapping
 
-from meter.adapters.broker import kafka_bootstrap
+from meter.adapters.broker import BROKER_OPTIONS, kafka_bootstrap
 from meter.adapters.policy_file import read_policy
-from meter.adapters.sinks.settings import SinkSettings, add_sink_arguments
-from meter.config import WORKER_OPTIONS, WorkerSettings, add_arguments
+from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings, add_sink_arguments
+from meter.config import WORKER_OPTIONS, WorkerSettings, add_arguments, markdown_table
 from meter.demo import add_demo_parser
 from meter.sim.command import add_simulate_parser
 
@@ -32,6 +32,17 @@ def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     policy = read_policy(settings.policy)
     bootstrap = kafka_bootstrap(settings.bootstrap, env)
     return run_worker(settings, policy, bootstrap, verbose=bool(args.verbose), sinks=sinks)
+
+
+def cmd_settings(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Every setting with its flag, variable and default, as the README's tables."""
+    for title, options in (
+        ("meter worker", WORKER_OPTIONS),
+        ("alert sinks (meter worker)", SINK_OPTIONS),
+        ("meter kafka", BROKER_OPTIONS),
+    ):
+        print(f"### {title}\n\n{markdown_table(options)}\n")
+    return 0
 
 
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,3 +67,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.set_defaults(handler=cmd_policy)
     add_simulate_parser(sub)
     add_demo_parser(sub)
+    settings = sub.add_parser("settings", help="print every setting: flag, variable, default")
+    settings.set_defaults(handler=cmd_settings)

@@ -1,6 +1,6 @@
 """Settings. Every option is declared once, as an `Option`: its flag, environment variable,
 default, parser and help. The command line (`add_arguments`), the settings objects (`load`) and
-the README's tables (`markdown_table`; `python -m meter.config` prints them) derive from it.
+the README's tables (`markdown_table`; `meter settings` prints them) derive from it.
 
 A flag wins over its environment variable, which wins over the default. A bad value raises
 `ConfigError` naming the flag and the variable.
@@ -287,20 +287,3 @@ class WorkerSettings:
             raise ConfigError(POLICY.label, "a policy file is required")
         values["policy"] = Path(values["policy"])
         return cls(**values)
-
-
-def main() -> None:
-    """Print the settings tables the README shows."""
-    from meter.adapters.broker import BROKER_OPTIONS  # noqa: PLC0415 - adapters import config
-    from meter.adapters.sinks.settings import SINK_OPTIONS  # noqa: PLC0415
-
-    for title, options in (
-        ("meter worker", WORKER_OPTIONS),
-        ("alert sinks", SINK_OPTIONS),
-        ("meter kafka", BROKER_OPTIONS),
-    ):
-        print(f"### {title}\n\n{markdown_table(options)}\n")  # noqa: T201
-
-
-if __name__ == "__main__":
-    main()

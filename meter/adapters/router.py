@@ -28,7 +28,7 @@ from aiokafka.structs import ConsumerRecord
 
 from meter.adapters.sources import SourceTracker
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import dead_letter, encode_report, encode_routed_chunks
+from meter.adapters.wire import dead_letter, encode_report, encode_routed_chunks, ingest_time
 from meter.config import WorkerSettings
 from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.policy import Policy
@@ -45,14 +45,6 @@ REPORT_MS = 200
 Send = Callable[..., Any]
 """`send(topic, key=, value=, headers=, partition=)` returning an awaitable that resolves once
 Kafka has the record."""
-
-
-def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:
-    """When an input record reached Kafka (its timestamp), never later than now: a producer
-    with a clock running ahead must not make the dedup memory forget ids early."""
-    if timestamp_ms is None or timestamp_ms < 0:
-        return now_ms
-    return min(timestamp_ms, now_ms)
 
 
 Route = tuple[str, str | None]

@@ -6,8 +6,9 @@ named in the policy get their own series; everything else is folded into "other"
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,9 +20,6 @@ from meter.core.ledger import CapUsage, Pending, Stats
 from meter.core.outputs import ALERTS, WINDOWS
 from meter.core.policy import Policy
 
-if TYPE_CHECKING:
-    from meter.adapters.worker import MeterWorker
-
 OTHER = "other"
 
 
@@ -30,6 +28,7 @@ class Telemetry:
 
     def __init__(self, registry: CollectorRegistry, policy: Policy, max_apps: int = 100) -> None:
         self.registry = registry
+        self.policy = policy
         self.orgs = frozenset(policy.orgs)
         self.max_apps = max_apps
         r = registry
@@ -148,11 +147,12 @@ class Telemetry:
             elif p.record.kind == WINDOWS:
                 self.windows.labels("final" if v["revision"] == 0 else "amendment").inc()
 
-    def install(self, app: Any, worker: MeterWorker) -> None:
+    def install(self, app: Any, observed: Observed) -> None:
+        """Serve `/metrics` on the faust app's web server, with gauges read from `observed`."""
         from aiohttp import web  # noqa: PLC0415 - only with the faust web server
 
         registry = self.registry
-        registry.register(WorkerCollector(worker, self.max_apps))
+        registry.register(WorkerCollector(observed, self.policy, self.max_apps))
 
         @app.page("/metrics")  # type: ignore[untyped-decorator]
         async def metrics(web_view: Any, request: Any) -> Any:
@@ -161,17 +161,37 @@ class Telemetry:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """What the gauges show of one routed partition's ledger."""
+
+    partition: int
+    close_wm: int | None
+    event_wm: int | None
+    state_sizes: Mapping[str, int]
+    unsent: int
+
+
+class Observed(Protocol):
+    """What the gauges read from a worker, computed at scrape time."""
+
+    def cap_usages(self) -> Iterable[CapUsage]: ...
+    def partition_states(self) -> Iterable[PartitionState]: ...
+    def consumer_lag(self) -> Mapping[tuple[str, int], int]: ...
+    def now(self) -> float: ...
+
+
 class WorkerCollector(Collector):
     """Gauges computed at scrape time from the worker's live state: a window that closed or a
     partition that moved away simply stops being reported."""
 
-    def __init__(self, worker: MeterWorker, max_apps: int) -> None:
-        self.worker = worker
+    def __init__(self, observed: Observed, policy: Policy, max_apps: int) -> None:
+        self.observed = observed
+        self.policy = policy
         self.max_apps = max_apps
 
     def collect(self) -> Iterator[Metric]:
-        worker = self.worker
-        policy = worker.policy
+        policy = self.policy
         labels = ["subject_type", "subject", "cap", "metric", "window"]
         used = GaugeMetricFamily(
             "meter_cap_usage", "Usage of a cap in the current window", labels=labels
@@ -184,19 +204,16 @@ class WorkerCollector(Collector):
         )
         apps: list[CapUsage] = []
         other: dict[tuple[str, str, str], list[float]] = {}
-        for ledger in list(worker.ledgers.values()):
-            for u in list(ledger.usage.values()):
-                known = (
-                    policy.known_app(u.subject)
-                    if u.subject_type == "app"
-                    else u.subject in policy.orgs
-                )
-                if u.subject_type == "app" and known:
-                    apps.append(u)
-                elif known:
-                    _add(used, limit, ratio, u, u.subject)
-                else:
-                    _fold(other, u)
+        for u in self.observed.cap_usages():
+            known = (
+                policy.known_app(u.subject) if u.subject_type == "app" else u.subject in policy.orgs
+            )
+            if u.subject_type == "app" and known:
+                apps.append(u)
+            elif known:
+                _add(used, limit, ratio, u, u.subject)
+            else:
+                _fold(other, u)
         # The apps closest to their caps keep their own series; the rest fold into "other".
         worst: dict[str, float] = {}
         for u in apps:
@@ -215,7 +232,10 @@ class WorkerCollector(Collector):
         yield used
         yield limit
         yield ratio
+        yield from self._partitions()
+        yield self._consumer_lag()
 
+    def _partitions(self) -> Iterator[Metric]:
         wm = GaugeMetricFamily(
             "meter_watermark_seconds",
             "Watermark windows close on (epoch s): event time all active input partitions have"
@@ -238,22 +258,22 @@ class WorkerCollector(Collector):
         unsent = GaugeMetricFamily(
             "meter_outbox_pending_records", "Outputs awaiting publication", labels=["partition"]
         )
-        now = worker.clock()
-        for p, ledger in sorted(worker.ledgers.items()):
-            if ledger.close_wm is not None:
-                wm.add_metric([str(p)], ledger.close_wm / 1000)
-                lag.add_metric([str(p)], now - ledger.close_wm / 1000)
-            if ledger.event_wm is not None:
-                event_wm.add_metric([str(p)], ledger.event_wm / 1000)
-            for kind, n in ledger.state_sizes().items():
-                keys.add_metric([str(p), kind], n)
-            unsent.add_metric([str(p)], len(worker.unsent.get(p, ())))
+        now = self.observed.now()
+        for state in self.observed.partition_states():
+            p = str(state.partition)
+            if state.close_wm is not None:
+                wm.add_metric([p], state.close_wm / 1000)
+                lag.add_metric([p], now - state.close_wm / 1000)
+            if state.event_wm is not None:
+                event_wm.add_metric([p], state.event_wm / 1000)
+            for kind, n in state.state_sizes.items():
+                keys.add_metric([p, kind], n)
+            unsent.add_metric([p], state.unsent)
         yield wm
         yield event_wm
         yield lag
         yield keys
         yield unsent
-        yield self._consumer_lag()
 
     def _consumer_lag(self) -> GaugeMetricFamily:
         lag = GaugeMetricFamily(
@@ -261,27 +281,8 @@ class WorkerCollector(Collector):
             "Records not yet read per assigned partition (high watermark minus read offset)",
             labels=["topic", "partition"],
         )
-        try:
-            for partition, n in sorted(self.worker.router.lag().items()):
-                lag.add_metric([self.worker.settings.input_topic, str(partition)], n)
-        except (AttributeError, KeyError, TypeError):  # aiokafka internals: best effort
-            pass
-        consumer = getattr(self.worker.app, "_consumer", None)
-        if consumer is None:
-            return lag
-        try:
-            sources = {self.worker.settings.routed_topic}
-            for tp in sorted(tp for tp in consumer.assignment() if tp.topic in sources):
-                high = consumer.highwater(tp)
-                read = consumer._read_offset.get(tp)
-                if high is None:
-                    continue
-                lag.add_metric(
-                    [tp.topic, str(tp.partition)],
-                    max(0, high - (read + 1 if read is not None else 0)),
-                )
-        except (AttributeError, KeyError, TypeError):  # faust internals: best effort
-            pass
+        for (topic, partition), n in sorted(self.observed.consumer_lag().items()):
+            lag.add_metric([topic, str(partition)], n)
         return lag
 
 

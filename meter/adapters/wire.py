@@ -28,6 +28,14 @@ TRUNCATED_BYTES = 64 * 1024
 """How much of an oversized bad record its dead-letter copy keeps."""
 
 
+def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:
+    """When an input record reached Kafka (its timestamp), never later than now: a producer
+    with a clock running ahead must not make the dedup memory forget ids early."""
+    if timestamp_ms is None or timestamp_ms < 0:
+        return now_ms
+    return min(timestamp_ms, now_ms)
+
+
 class Report(NamedTuple):
     """A router's progress report: input partitions in all, its clock, and per input partition
     it reads: (newest event time routed or None, idle)."""

@@ -11,9 +11,7 @@ from meter.config import duration_ms
 from meter.core.errors import EventError
 from meter.core.events import parse_time
 from meter.sim.framing import FORMATS, KEYS
-from meter.sim.scenario import START_2022, START_2023
-
-DEFAULT_CALLS = 100_000
+from meter.sim.scenario import DEFAULT_CALLS, START_2022, START_2023
 
 
 def _instant(text: str) -> int:

@@ -20,12 +20,11 @@ from meter.config import BOOTSTRAP, INPUT_TOPIC, POLICY, default_state_dir
 from meter.core.errors import ConfigError
 from meter.core.windows import format_ms
 from meter.sim import SimulationError
-from meter.sim.command import DEFAULT_CALLS
 from meter.sim.framing import MAX_HOLD_MS
 from meter.sim.pipeline import ChildPipeline, LocalPipeline, Pipeline, Plan, can_fork
 from meter.sim.produce import Produced, drain, produce, producer_for
 from meter.sim.progress import Progress
-from meter.sim.scenario import ScenarioConfig
+from meter.sim.scenario import DEFAULT_CALLS, ScenarioConfig
 from meter.sim.truth import Truth, write_truth
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,8 @@ RETRY, LATE, DISORDER, MARKER, FLUSH, BURST = 1, 2, 4, 8, 16, 32
 
 DISORDER_MAX_MS = 50_000  # under the default 60 s grace: out of order, not late
 MARKER_DISORDER_MAX_MS = 30_000
+DEFAULT_CALLS = 100_000
+"""Distinct calls `meter simulate` makes unless told otherwise."""
 LATE_MIN_MS = 20 * 60_000
 LATE_MAX_MS = 20 * HOUR_MS  # under the default 1-day late horizon
 RETRY_MIN_MS, RETRY_MAX_MS = 500, 90_000  # well under the default 1-hour dedup horizon

@@ -79,10 +79,8 @@ def exported_series() -> dict[str, frozenset[str]]:
         if isinstance(metric, MetricWrapperBase):
             for desc in metric.describe():
                 out |= _series_of(desc.name, desc.type, tuple(metric._labelnames))
-    idle = SimpleNamespace(
-        policy=policy, ledgers={}, unsent={}, clock=time.time, app=SimpleNamespace()
-    )
-    for family in WorkerCollector(idle, 100).collect():  # type: ignore[arg-type]
+    idle = SimpleNamespace(cap_usages=list, partition_states=list, consumer_lag=dict, now=time.time)
+    for family in WorkerCollector(idle, policy, 100).collect():
         out |= _series_of(family.name, family.type, tuple(family._labelnames))  # type: ignore[attr-defined]
     return out
 

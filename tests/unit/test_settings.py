@@ -21,7 +21,7 @@ GROUPS = {"worker": WORKER_OPTIONS, "sinks": SINK_OPTIONS, "kafka": BROKER_OPTIO
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_the_readme_shows_the_generated_table(group: str) -> None:
     table = markdown_table(GROUPS[group])
-    assert table in README, f"regenerate with `python -m meter.config`:\n{table}"
+    assert table in README, f"regenerate with `meter settings`:\n{table}"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from intervaltree import IntervalTree
 from prometheus_client import CollectorRegistry
 
 from meter.adapters.policy_file import read_policy
-from meter.adapters.router import Router, ingest_time, routes
+from meter.adapters.router import Router, routes
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import (
     MAX_RECORD_BYTES,
@@ -27,6 +27,7 @@ from meter.adapters.wire import (
     decode_routed,
     encode_routed,
     encode_routed_chunks,
+    ingest_time,
 )
 from meter.adapters.worker import MeterWorker
 from meter.config import WorkerSettings
@@ -159,10 +160,10 @@ def test_after_a_read_back_faust_can_commit_past_every_offset_it_skipped(
     async def read_back(*_: object) -> list[tuple[int, bytes, int]]:
         return [(o, TICK, 0) for o in range(51, 120)]
 
-    monkeypatch.setattr("meter.adapters.worker.read_range", read_back)
-    ledger = PartitionLedger(0, policy, LedgerSettings(), worker.store)
+    monkeypatch.setattr("meter.adapters.counter.read_range", read_back)
+    ledger = PartitionLedger(0, policy, LedgerSettings(), worker.counter.app.store)
     ledger.durable_offset = ledger.meta.last_offset = 50
-    asyncio.run(worker._fill_gap(ledger, 0, 51, 120))
+    asyncio.run(worker.counter._fill_gap(ledger, 0, 51, 120))
     consumer._acked[tp].append(120)  # the record faust delivered, once counted
     assert FaustConsumer._new_offset(consumer, tp) == 121
 

@@ -1,0 +1,141 @@
+"""The faust app of a worker: consumer group, producer, the changelog-backed ledger table and the
+topics it writes. faust's windowed tables are not used: window logic lives in the core.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import faust
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
+
+from meter.adapters.changelog import ChangelogTracker, LedgerTable, tracker_of
+from meter.config import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_PIPELINE_FAILURE = 70
+
+
+def die(stage: str, exc: BaseException) -> NoReturn:
+    """faust would restart a crashed agent past the failing batch, and acks it on the way out:
+    counts lost. Bad input never raises (it is dead-lettered), so this is a bug or an outage:
+    exit at once, without committing; a restart resumes from the last committed offsets."""
+    log.critical("stopping the worker: %s failed: %r", stage, exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_PIPELINE_FAILURE)
+
+
+class IdempotentProducer(AIOKafkaProducer):
+    """faust turns producer idempotence on only in its exactly-once mode (which has open bugs).
+    Without it, a retried send whose first attempt did reach the broker writes the record twice:
+    an alert or window record published twice. The broker drops such retries when it is on.
+
+    faust flushes before it commits offsets and before the counter publishes; its own flush can
+    return with changelog records still queued, so this one also waits for every changelog record
+    to be acknowledged (`meter.adapters.changelog`)."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    async def flush(self) -> None:
+        await super().flush()
+        await tracker_of(self.app).wait()
+
+
+class MeterApp(faust.App):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changelog_tracker = ChangelogTracker(lambda exc: die("changelog", exc))
+
+    def _new_producer(self) -> Any:
+        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+
+class TableStore:
+    """The ledger's `Store` over a faust table (bytes keys, compact JSON values)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> list[Any] | None:
+        raw = self.table.get(key.encode())
+        if raw is None:
+            return None
+        value: list[Any] = json.loads(raw)
+        return value
+
+    def put(self, key: str, value: list[Any]) -> None:
+        self.table[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
+
+    def delete(self, key: str) -> None:
+        self.table.pop(key.encode(), None)
+
+    def items(self) -> Iterator[tuple[str, list[Any]]]:
+        for key, raw in self.table.items():
+            if raw is not None:
+                yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(raw)
+
+
+@dataclass
+class App:
+    """The faust app and what hangs off it: raw topics by name, and the ledger's store."""
+
+    faust: MeterApp
+    topics: dict[str, Any]
+    store: TableStore
+
+    def topic(self, name: str) -> Any:
+        return self.topics[name]
+
+
+def build_app(settings: WorkerSettings, bootstrap: str) -> App:
+    s = settings
+    app = MeterApp(
+        s.group,
+        broker=f"kafka://{bootstrap}",
+        store="rocksdb://" if s.store == "rocksdb" else "memory://",
+        datadir=str(s.data_dir),
+        topic_partitions=s.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_ms / 1000,
+        broker_heartbeat_interval=s.heartbeat_interval_ms / 1000,
+        producer_acks=-1,
+        producer_max_request_size=1_048_576,
+        web_enabled=True,
+        web_bind=s.web_host,
+        web_host=s.web_host,
+        web_port=s.web_port,
+        web_in_thread=False,
+        table_cleanup_interval=3600.0,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    def raw_topic(name: str, **extra: Any) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw", **extra)
+
+    topics = {
+        s.routed_topic: raw_topic(s.routed_topic, partitions=s.partitions),
+        s.dlq_topic: raw_topic(s.dlq_topic),
+        s.alerts_topic: raw_topic(s.alerts_topic),
+        s.windows_topic: raw_topic(s.windows_topic),
+    }
+    table = app.tables.add(
+        LedgerTable(
+            app,
+            name="ledger",
+            default=None,
+            beacon=app.tables.beacon,
+            partitions=s.partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+    )
+    return App(app, topics, TableStore(table))

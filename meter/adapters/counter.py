@@ -1,0 +1,233 @@
+"""Stage 2, the counter: folds each routed record into its partition's `PartitionLedger` (state in
+the faust table), then publishes what the ledger put in its outbox.
+
+faust's consumer can drop records from its buffers in a rebalance and still commit past them. The
+routed topic's offsets are contiguous (it is written without transactions, so it holds no control
+records), so the ledger remembers the last offset it saw: a record further on than the next one
+reveals records faust skipped, and the counter reads those itself, by offset, before it goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from faust.types import TP
+
+from meter.adapters.app import App
+from meter.adapters.outbox import ID_HEADER, already_published
+from meter.adapters.partition_reads import read_range
+from meter.adapters.telemetry import PartitionState, Telemetry
+from meter.adapters.wire import TICK, Report, decode_routed, ingest_time
+from meter.config import WorkerSettings
+from meter.core.ledger import CapUsage, LedgerSettings, PartitionLedger, Pending
+from meter.core.outputs import ALERTS, DEAD_LETTERS
+from meter.core.policy import Policy
+
+log = logging.getLogger(__name__)
+
+
+class Counter:
+    """The ledgers of the routed partitions this worker owns, and their unsent outputs."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        policy: Policy,
+        bootstrap: str,
+        app: App,
+        telemetry: Telemetry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.bootstrap = bootstrap
+        self.app = app
+        self.telemetry = telemetry
+        self.clock = clock
+        self.ledger_settings = LedgerSettings(
+            grace_ms=settings.grace_ms,
+            dedup_horizon_ms=settings.dedup_horizon_ms,
+            late_horizon_ms=settings.late_horizon_ms,
+            history_horizon_ms=settings.history_horizon_ms,
+            source_topic=settings.routed_topic,
+        )
+        self.ledgers: dict[int, PartitionLedger] = {}
+        self.unsent: dict[int, list[Pending]] = {}
+        self.out_partitions: dict[str, int] = {}
+        """Partitions of each output topic (outputs of ledger p go to partition p mod that)."""
+
+    # -- what telemetry sees -------------------------------------------------------------------
+    def cap_usages(self) -> Iterable[CapUsage]:
+        for ledger in list(self.ledgers.values()):
+            yield from list(ledger.usage.values())
+
+    def partition_states(self) -> Iterable[PartitionState]:
+        for p, ledger in sorted(self.ledgers.items()):
+            yield PartitionState(
+                p, ledger.close_wm, ledger.event_wm, ledger.state_sizes(),
+                len(self.unsent.get(p, ())),
+            )  # fmt: skip
+
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """State of a revoked partition may change elsewhere: rebuilt from the table on return."""
+        for p in partitions:
+            self.ledgers.pop(p, None)
+            self.unsent.pop(p, None)
+
+    # -- counting ------------------------------------------------------------------------------
+    async def count(self, msg: Any) -> None:
+        """Fold one routed record (a faust message), after any records faust skipped before it,
+        then publish the partition's outputs."""
+        partition = msg.partition
+        ledger = self.ledgers.get(partition)
+        if ledger is None:
+            ledger = await self._bootstrap(partition)
+            if self.ledgers.get(partition) is not ledger:
+                return  # revoked meanwhile: whoever counts it next finds the gap and reads it
+        expected = ledger.next_offset()
+        if expected is not None and msg.offset > expected:
+            await self._fill_gap(ledger, partition, expected, msg.offset)
+        now_ms = int(self.clock() * 1000)
+        timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
+        self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
+        ledger.flush()
+        if self.unsent.get(partition):
+            await self._publish(partition, ledger)
+
+    def _apply(
+        self,
+        ledger: PartitionLedger,
+        offset: int,
+        value: bytes,
+        timestamp_ms: int | None,
+        now_ms: int,
+    ) -> None:
+        routed = decode_routed(value)
+        if routed is None:
+            ledger.skip(offset)
+            return
+        if isinstance(routed, Report):
+            applied = ledger.report(
+                offset, routed.partitions, routed.stamp_ms, routed.sources, now_ms
+            )
+        else:
+            ingest_ms = routed.ingest_ms
+            if ingest_ms is None:  # written before routed records carried it
+                ingest_ms = ingest_time(timestamp_ms, now_ms)
+            started = time.perf_counter()
+            applied = ledger.apply(offset, routed.events, now_ms, ingest_ms, routed.levels)
+            self.telemetry.applied(applied.stats, len(routed.events), time.perf_counter() - started)
+        if applied.outbox:
+            self.unsent.setdefault(ledger.partition, []).extend(applied.outbox)
+
+    async def _fill_gap(
+        self, ledger: PartitionLedger, partition: int, start: int, end: int
+    ) -> None:
+        """Apply routed records [start, end) that faust's consumer skipped (see the module doc)."""
+        log.warning(
+            "partition %d: records %d..%d were skipped by the consumer; reading them directly",
+            partition,
+            start,
+            end - 1,
+        )
+        records = await read_range(
+            self.bootstrap, self.settings.routed_topic, partition, start, end
+        )
+        now_ms = int(self.clock() * 1000)
+        for offset, value, timestamp_ms in records:
+            self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
+        self.telemetry.gap_filled(len(records))
+        # Tell faust's consumer every offset before `end` is done: it never delivered these, so
+        # it would never commit past them. That includes offsets it skipped below `start`,
+        # which the ledger already held (its replays are skipped whole): without them faust's
+        # committed offset stays behind the hole for good. (faust clamps the range to what it
+        # has not committed yet.)
+        add_gap = getattr(self.app.faust.consumer, "_add_gap", None)
+        if add_gap is not None:
+            await add_gap(TP(self.settings.routed_topic, partition), 0, end - 1)
+        if len(records) != end - start:
+            log.error(
+                "partition %d: only %d of routed records %d..%d could be read (retention?)",
+                partition,
+                len(records),
+                start,
+                end - 1,
+            )
+
+    async def _bootstrap(self, partition: int) -> PartitionLedger:
+        store = self.app.store
+        ledger = PartitionLedger(partition, self.policy, self.ledger_settings, store)
+        pending = ledger.bootstrap(store.items())
+        if pending:
+            log.info("partition %d: %d outbox record(s) to reconcile", partition, len(pending))
+            published = await self._published_ids(partition, pending)
+            ledger.acknowledge([p for p in pending if p.record.id in published])
+            remaining = [p for p in pending if p.record.id not in published]
+            if remaining:
+                self.unsent[partition] = remaining
+        self.ledgers[partition] = ledger
+        return ledger
+
+    # -- publishing ----------------------------------------------------------------------------
+    async def _published_ids(self, partition: int, pending: list[Pending]) -> set[str]:
+        """Ids of the pending records that already reached their topic before a crash."""
+        by_target: dict[tuple[str, int], list[Pending]] = {}
+        for p in pending:
+            topic = self._topic_name(p.record.kind)
+            by_target.setdefault((topic, self._out_partition(topic, partition)), []).append(p)
+        found: set[str] = set()
+        for (topic, part), items in by_target.items():
+            since = min(p.record.ts_ms for p in items) - 1000
+            found |= await already_published(
+                self.bootstrap, topic, part, since, (p.record.id for p in items)
+            )
+        return found
+
+    def _topic_name(self, kind: str) -> str:
+        s = self.settings
+        if kind == ALERTS:
+            return s.alerts_topic
+        return s.dlq_topic if kind == DEAD_LETTERS else s.windows_topic
+
+    def _out_partition(self, topic: str, partition: int) -> int:
+        # Outputs of ledger partition p go to partition p of the output topic (mod its size),
+        # so that reconciliation after a crash reads one partition from a known time.
+        return partition % self.out_partitions.get(topic, 1)
+
+    async def _publish(self, partition: int, ledger: PartitionLedger) -> None:
+        batch = self.unsent.pop(partition, [])
+        # The state that holds these records in its outbox must be in the changelog before they
+        # are published: otherwise a crash could leave them published and the state without
+        # them, and a new owner (restored from the changelog) would publish them again.
+        await self.app.faust.producer.flush()
+        futures = []
+        for p in batch:
+            name = self._topic_name(p.record.kind)
+            headers = [(ID_HEADER, p.record.id.encode())]
+            headers += [(k, v.encode()) for k, v in p.record.headers]
+            futures.append(
+                await self.app.topic(name).send(
+                    key=p.record.key.encode(),
+                    value=json.dumps(p.record.value, separators=(",", ":")).encode(),
+                    partition=self._out_partition(name, partition),
+                    timestamp=p.record.ts_ms / 1000,
+                    headers=headers,
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        sent: list[Pending] = []
+        failed: list[Pending] = []
+        for p, result in zip(batch, results, strict=True):
+            (failed if isinstance(result, BaseException) else sent).append(p)
+        if failed:
+            log.error(
+                "partition %d: %d output record(s) not sent; will retry", partition, len(failed)
+            )
+            self.unsent[partition] = failed
+        ledger.acknowledge(sent)
+        self.telemetry.published(sent)
