@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meter.core import events as ev
+from meter.core import event_fields as ev
 from meter.core.errors import EventError
 from meter.core.events import (
     MAX_BATCH,
@@ -478,7 +478,7 @@ def test_event_to_json_omits_none_and_keeps_defaults() -> None:
 
 
 def test_decoded_events_are_real_frozen_api_calls() -> None:
-    # events._make fills the slots directly: a new ApiCall field must be added there too.
+    # event_fields.make_call fills the slots directly: a new ApiCall field must be added there too.
     assert [f.name for f in dataclasses.fields(ApiCall)] == list(ev._SLOT_NAMES)
     doc = {**BASE, "org_id": "o", "endpoint": "/e", "records": 2, "status": 201}
     built = dec({**doc, "recipient": "r", "user_id": "u"}).events[0]
