@@ -85,13 +85,21 @@ class Counter:
         then publish the partition's outputs."""
         partition = msg.partition
         ledger = self.ledgers.get(partition)
+        first = ledger is None
         if ledger is None:
             ledger = await self._bootstrap(partition)
             if self.ledgers.get(partition) is not ledger:
                 return  # revoked meanwhile: whoever counts it next finds the gap and reads it
         expected = ledger.next_offset()
-        if expected is not None and msg.offset > expected:
+        skipped = expected is not None and msg.offset > expected
+        if skipped:
             await self._fill_gap(ledger, partition, expected, msg.offset)
+        if first or skipped:
+            # Every offset before this record is now applied: held by the ledger (its replays
+            # are skipped whole) or just read back. faust must know it, or its committed offset
+            # stays behind any hole in what it delivered, for good: it commits only offsets
+            # contiguous with its last commit, and after a restart it may start past that.
+            await self._done_before(partition, msg.offset)
         now_ms = int(self.clock() * 1000)
         timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
         self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
@@ -142,14 +150,6 @@ class Counter:
         for offset, value, timestamp_ms in records:
             self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
         self.telemetry.gap_filled(len(records))
-        # Tell faust's consumer every offset before `end` is done: it never delivered these, so
-        # it would never commit past them. That includes offsets it skipped below `start`,
-        # which the ledger already held (its replays are skipped whole): without them faust's
-        # committed offset stays behind the hole for good. (faust clamps the range to what it
-        # has not committed yet.)
-        add_gap = getattr(self.app.faust.consumer, "_add_gap", None)
-        if add_gap is not None:
-            await add_gap(TP(self.settings.routed_topic, partition), 0, end - 1)
         if len(records) != end - start:
             log.error(
                 "partition %d: only %d of routed records %d..%d could be read (retention?)",
@@ -158,6 +158,13 @@ class Counter:
                 start,
                 end - 1,
             )
+
+    async def _done_before(self, partition: int, offset: int) -> None:
+        """Tell faust's consumer every offset of `partition` before `offset` is done (faust
+        clamps the range to what it has not committed yet)."""
+        add_gap = getattr(self.app.faust.consumer, "_add_gap", None)
+        if add_gap is not None and offset > 0:
+            await add_gap(TP(self.settings.routed_topic, partition), 0, offset - 1)
 
     async def _bootstrap(self, partition: int) -> PartitionLedger:
         store = self.app.store

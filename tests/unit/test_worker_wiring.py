@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
@@ -137,13 +138,40 @@ def test_a_dead_letter_copy_that_would_not_fit_keeps_the_head_and_says_so() -> N
     assert headers["meter-reason"] == b"not_utf8"
 
 
-def test_after_a_read_back_faust_can_commit_past_every_offset_it_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+class DictStore:
+    def __init__(self) -> None:
+        self.data: dict[str, list[object]] = {}
+
+    def get(self, key: str) -> list[object] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: list[object]) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> list[tuple[str, list[object]]]:
+        return list(self.data.items())
+
+
+@pytest.mark.parametrize(
+    ("first_delivered", "read_back"),
+    [
+        (30, None),  # after a restart: faust starts past its commit, at records the ledger has
+        (120, (51, 120)),  # and beyond them: the counter reads 51..119 back itself
+    ],
+)
+def test_faust_can_commit_past_every_offset_it_did_not_deliver(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first_delivered: int,
+    read_back: tuple[int, int] | None,
 ) -> None:
-    """faust committed offset 1 of a routed partition, then delivered 120: it skipped 2..119.
-    The ledger held 2..50 already (its durable offset), so the counter reads back only 51..119.
-    faust must then be told that every offset before 120 is done, or its committed offset stays
-    at 1 for good (it commits only a run of offsets contiguous with the last commit)."""
+    """faust committed offset 1 of a routed partition, but the ledger (restored from the
+    changelog) holds every record up to 50, and the first record faust delivers is beyond 2.
+    faust must be told every offset before it is done, or its committed offset stays at 1 for
+    good (it commits only a run of offsets contiguous with its last commit)."""
     policy = read_policy(EXAMPLE)
     settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
     worker = MeterWorker(
@@ -156,16 +184,26 @@ def test_after_a_read_back_faust_can_commit_past_every_offset_it_skipped(
     consumer._gap = defaultdict(IntervalTree)
     consumer._acked_index = defaultdict(set)
     worker.app._consumer = consumer
+    reads: list[tuple[int, int]] = []
 
-    async def read_back(*_: object) -> list[tuple[int, bytes, int]]:
-        return [(o, TICK, 0) for o in range(51, 120)]
+    async def read_range(bootstrap: str, topic: str, p: int, start: int, end: int) -> list[object]:
+        reads.append((start, end))
+        return [(o, TICK, 0) for o in range(start, end)]
 
-    monkeypatch.setattr("meter.adapters.counter.read_range", read_back)
-    ledger = PartitionLedger(0, policy, LedgerSettings(), worker.counter.app.store)
-    ledger.durable_offset = ledger.meta.last_offset = 50
-    asyncio.run(worker.counter._fill_gap(ledger, 0, 51, 120))
-    consumer._acked[tp].append(120)  # the record faust delivered, once counted
-    assert FaustConsumer._new_offset(consumer, tp) == 121
+    restored = PartitionLedger(0, policy, LedgerSettings(), DictStore())
+    restored.durable_offset = restored.meta.last_offset = 50
+
+    async def bootstrap(partition: int) -> PartitionLedger:
+        worker.counter.ledgers[partition] = restored
+        return restored
+
+    monkeypatch.setattr("meter.adapters.counter.read_range", read_range)
+    monkeypatch.setattr(worker.counter, "_bootstrap", bootstrap)
+    msg = SimpleNamespace(partition=0, offset=first_delivered, timestamp=None, value=TICK)
+    asyncio.run(worker.counter.count(msg))
+    consumer._acked[tp].append(first_delivered)  # faust acks the record once counted
+    assert reads == ([read_back] if read_back else [])
+    assert FaustConsumer._new_offset(consumer, tp) == first_delivered + 1
 
 
 def test_the_router_counts_each_event_no_later_than_its_arrival(tmp_path: Path) -> None:
