@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.infra import REPO, free_port
+from bench.infra import REPO
 from bench.measure import CLK_TCK, Sample, cpu_ticks, vmhwm_kb
+from meter.adapters.broker import free_port
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from bench.events import Event, encode, encode_batch, generate
-from meter.adapters.broker import BrokerLayout, LocalBroker
+from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
 from meter.adapters.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -25,12 +24,6 @@ KAFKA_HOME = REPO / "deploy" / "kafka"
 # Record timestamps are event times in 2022: the input topics must not expire them.
 KEEP_FOREVER = {"retention.ms": "-1"}
 CHUNK = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -10,14 +10,17 @@ from collections.abc import Mapping, Sequence
 
 from meter.adapters.broker import BROKER_OPTIONS, BrokerError, BrokerLayout, LocalBroker
 from meter.config import add_arguments
-from meter.core.errors import ConfigError, MeterError, PolicyError
+from meter.core.errors import ConfigError, MeterError, PolicyError, UnavailableError
 
 log = logging.getLogger("meter")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+"""A setting or the policy is wrong: the message names the field."""
 EXIT_NOT_RUNNING = 3
+EXIT_UNAVAILABLE = 69
+"""Kafka (or another service the command needs) did not answer in time."""
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object | None]:
@@ -72,6 +75,21 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=cmd_kafka)
 
 
+CLIENT_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "rocksdict", "aiohttp", "asyncio")
+"""Libraries whose INFO lines (connections, rebalances, service starts) are noise to a user."""
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """meter's own INFO lines; the client libraries' only from WARNING, unless `-v` (all, DEBUG)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meter",
@@ -90,19 +108,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(verbose=bool(args.verbose))
     try:
         code: int = args.handler(args, env)
     except ConfigError as exc:
         print(f"meter: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PolicyError as exc:
-        print(f"meter: policy error at {exc.path or '(top)'}: {exc.message}", file=sys.stderr)
+        where = f" at {exc.path}" if exc.path else ""
+        print(f"meter: policy error{where}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except UnavailableError as exc:
+        print(f"meter: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except BrokerError as exc:
         print(f"meter: {exc}", file=sys.stderr)
         return EXIT_ERROR

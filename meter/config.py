@@ -231,6 +231,11 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "--metrics-max-apps", 100, positive_int, "apps with their own cap series", "`100`",
     ),
     Option("--replication", 1, positive_int, "replication factor of topics it creates", "`1`"),
+    Option(
+        "--connect-timeout", 60_000, positive_ms,
+        "how long a worker waits at start for Kafka to answer before it exits (status 69)",
+        "`60s`", field="connect_timeout_ms",
+    ),
 )  # fmt: skip
 
 
@@ -260,6 +265,7 @@ class WorkerSettings:
     tick_ms: int = 1_000
     metrics_max_apps: int = 100
     replication: int = 1
+    connect_timeout_ms: int = 60_000
 
     @property
     def routed_topic(self) -> str:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from meter.config import WEB_PORT, Option, add_arguments, default_state_dir, loa
 from meter.core.durations import MINUTE_MS
 from meter.core.errors import MeterError
 from meter.sim.compare import compare
-from meter.sim.truth import load_truth
+from meter.sim.truth import Truth, load_truth
 
 DEMO_POLICY = Path(__file__).resolve().parent / "examples" / "demo-2022.yaml"
 GRACE = "60s"
@@ -71,11 +71,14 @@ def describe_alert(a: Mapping[str, Any]) -> str:
 class AlertTail(threading.Thread):
     """Reads the alerts topic while the demo runs, printing each alert once as it arrives."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, started: float) -> None:
         super().__init__(daemon=True)
         self.bootstrap = bootstrap
         self.topic = topic
+        self.started = started
         self.alerts: list[dict[str, Any]] = []
+        self.first_alert_s: float | None = None
+        """Seconds from the demo's start to the first alert on screen."""
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -92,6 +95,8 @@ class AlertTail(threading.Thread):
                         alert = json.loads(r.value)
                         self.alerts.append(alert)
                         out(describe_alert(alert))
+                        if self.first_alert_s is None:
+                            self.first_alert_s = time.monotonic() - self.started
         finally:
             consumer.close()
 
@@ -162,109 +167,148 @@ def kafka_for_demo(env: Mapping[str, str]) -> Iterator[str]:
 
 def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     options = load(DEMO_OPTIONS, vars(args), env)
-    calls, web_port = options["calls"], options["web_port"]
-    run_id = time.strftime("%Y%m%d-%H%M%S")
-    state = default_state_dir(env) / "demo" / run_id
-    names = {k: f"demo-{run_id}-{k}" for k in ("api-calls", "alerts", "windows", "dlq")}
-    worker: subprocess.Popen[bytes] | None = None
-    tail: AlertTail | None = None
+    started = time.monotonic()
     with kafka_for_demo(env) as bootstrap:
+        demo = Demo(bootstrap, env, options["calls"], options["web_port"])
         try:
-            ensure_topics(bootstrap, [TopicSpec(names["api-calls"], INPUT_PARTITIONS)])
-            worker_env = dict(
-                os.environ,
-                METER_KAFKA_BOOTSTRAP=bootstrap,
-                METER_POLICY=str(DEMO_POLICY),
-                METER_INPUT_TOPIC=names["api-calls"],
-                METER_ALERTS_TOPIC=names["alerts"],
-                METER_WINDOWS_TOPIC=names["windows"],
-                METER_DLQ_TOPIC=names["dlq"],
-                METER_GROUP=f"meter-demo-{run_id}",
-                METER_DATA_DIR=str(state / "worker"),
-                METER_WEB_PORT=str(web_port),
-                METER_GRACE=GRACE,
-                METER_IDLE_TIMEOUT=IDLE_TIMEOUT,
-            )
-            state.mkdir(parents=True, exist_ok=True)
-            log_path = state / "worker.log"
-            with log_path.open("wb") as log:
-                worker = subprocess.Popen(
-                    [sys.executable, "-m", "meter.cli", "worker"],
-                    env=worker_env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            metrics_url = f"http://127.0.0.1:{web_port}/metrics"
-            out(f"worker started (log {log_path}); metrics at {metrics_url}")
-            _wait(lambda: metric(metrics_url, "meter_events_total") is not None, worker, 120)
-            tail = AlertTail(bootstrap, names["alerts"])
-            tail.start()
-            truth_path = state / "truth.json"
-            out(f"replaying 2022 for the eight-app organisation: {calls:,} calls ...")
-            sim = subprocess.run(
-                [
-                    sys.executable, "-m", "meter.cli", "simulate",
-                    "--bootstrap", bootstrap, "--topic", names["api-calls"],
-                    "--policy", str(DEMO_POLICY), "--calls", str(calls), "--unknown", "0.0002",
-                    "--truth", str(truth_path), "--progress",
-                ],
-                env=worker_env,
-                check=False,
-            )  # fmt: skip
-            if sim.returncode != 0:
-                out("the simulator failed")
-                return 1
-            truth = load_truth(truth_path)
-            expected = int(truth.sent["calls"])
-            out(f"all sent; waiting for the worker to count {expected:,} calls ...")
-            _wait(lambda: (metric(metrics_url, "meter_events_total") or 0) >= expected, worker, 600)
-            last_end = max(w.end_ms for w in truth.windows) + GRACE_MS
-            out("counted; waiting for the input to go idle and every window to close ...")
-            _wait(lambda: all_closed(metrics_url, last_end / 1000), worker, 300)
-            windows = read_topic(bootstrap, names["windows"])
-            time.sleep(2)  # the last alerts of the last batch
-            tail.stopping.set()
-            tail.join(timeout=10)
-            result = compare(truth, windows, tail.alerts, grace_ms=GRACE_MS)
-            out("")
-            out(_summary(truth.sent, metrics_url, len(windows), len(tail.alerts)))
-            out(result.summary())
-            out("the meter agrees with the ground truth" if result.ok else "MISMATCH")
-            return 0 if result.ok else 1
+            return demo.run(started)
         except KeyboardInterrupt:
             out("interrupted: stopping everything the demo started")
             return 130
         finally:
-            if tail is not None:
-                tail.stopping.set()
-            if worker is not None and worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
-                    worker.wait()
+            demo.stop()
 
 
-def _wait(check: Any, worker: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if worker.poll() is not None:
-            raise MeterError(f"the worker exited with status {worker.returncode}; see its log")
-        if time.monotonic() > deadline:
-            raise MeterError("timed out waiting for the worker")
-        time.sleep(0.5)
+class Demo:
+    """One run: its topics and state under `var/demo/<run>/`, the worker, the alert tail."""
 
+    def __init__(self, bootstrap: str, env: Mapping[str, str], calls: int, web_port: int) -> None:
+        run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.bootstrap = bootstrap
+        self.calls = calls
+        self.state = default_state_dir(env) / "demo" / run_id
+        self.names = {k: f"demo-{run_id}-{k}" for k in ("api-calls", "alerts", "windows", "dlq")}
+        self.metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+        self.env = dict(
+            os.environ,
+            METER_KAFKA_BOOTSTRAP=bootstrap,
+            METER_POLICY=str(DEMO_POLICY),
+            METER_INPUT_TOPIC=self.names["api-calls"],
+            METER_ALERTS_TOPIC=self.names["alerts"],
+            METER_WINDOWS_TOPIC=self.names["windows"],
+            METER_DLQ_TOPIC=self.names["dlq"],
+            METER_GROUP=f"meter-demo-{run_id}",
+            METER_DATA_DIR=str(self.state / "worker"),
+            METER_WEB_PORT=str(web_port),
+            METER_GRACE=GRACE,
+            METER_IDLE_TIMEOUT=IDLE_TIMEOUT,
+        )
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.tail: AlertTail | None = None
 
-def _summary(sent: Mapping[str, Any], metrics_url: str, windows: int, alerts: int) -> str:
-    repeats = int(metric(metrics_url, "meter_duplicate_events_total") or 0)
-    return (
-        f"sent {sent['events']:,} events ({sent['calls']:,} calls, {sent['duplicates']:,} "
-        f"retries, {sent['malformed']:,} malformed records, {sent['late']:,} late); the meter "
-        f"counted each call once (dropped {repeats:,} repeats), published {windows:,} window "
-        f"records and {alerts:,} alerts"
-    )
+    def run(self, started: float) -> int:
+        self._start_worker()
+        self.tail = AlertTail(self.bootstrap, self.names["alerts"], started)
+        self.tail.start()
+        truth = self._replay()
+        if truth is None:
+            return 1
+        out(f"all sent; waiting for the worker to count {truth.sent['calls']:,} calls ...")
+        self._wait(lambda: self._metric("meter_events_total") >= truth.sent["calls"], 600)
+        last_end = max(w.end_ms for w in truth.windows) + GRACE_MS
+        out("counted; waiting for the input to go idle and every window to close ...")
+        self._wait(lambda: all_closed(self.metrics_url, last_end / 1000), 300)
+        windows = read_topic(self.bootstrap, self.names["windows"])
+        time.sleep(2)  # the last alerts of the last batch
+        self.tail.stopping.set()
+        self.tail.join(timeout=10)
+        result = compare(truth, windows, self.tail.alerts, grace_ms=GRACE_MS)
+        out("")
+        for line in self._summary(truth.sent, len(windows), len(self.tail.alerts)):
+            out(line)
+        out(result.summary())
+        out("the meter agrees with the ground truth" if result.ok else "MISMATCH")
+        return 0 if result.ok else 1
+
+    def stop(self) -> None:
+        """Stop what the demo started (the broker, if it started one, is stopped by the caller)."""
+        if self.tail is not None:
+            self.tail.stopping.set()
+        worker = self.worker
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+
+    def _start_worker(self) -> None:
+        ensure_topics(self.bootstrap, [TopicSpec(self.names["api-calls"], INPUT_PARTITIONS)])
+        self.state.mkdir(parents=True, exist_ok=True)
+        log_path = self.state / "worker.log"
+        with log_path.open("wb") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "meter.cli", "worker"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        out(f"worker started (log {log_path}); metrics at {self.metrics_url}")
+        self._wait(lambda: metric(self.metrics_url, "meter_events_total") is not None, 120)
+
+    def _replay(self) -> Truth | None:
+        truth_path = self.state / "truth.json"
+        out(f"replaying 2022 for the eight-app organisation: {self.calls:,} calls ...")
+        sim = subprocess.run(
+            [
+                sys.executable, "-m", "meter.cli", "simulate",
+                "--bootstrap", self.bootstrap, "--topic", self.names["api-calls"],
+                "--policy", str(DEMO_POLICY), "--calls", str(self.calls), "--unknown", "0.0002",
+                "--truth", str(truth_path), "--progress",
+            ],
+            env=self.env,
+            check=False,
+        )  # fmt: skip
+        if sim.returncode != 0:
+            out("the simulator failed")
+            return None
+        return load_truth(truth_path)
+
+    def _metric(self, name: str) -> float:
+        return sum(metric_values(self.metrics_url, name) or [0.0])
+
+    def _wait(self, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            worker = self.worker
+            if worker is not None and worker.poll() is not None:
+                raise MeterError(f"the worker exited with status {worker.returncode}; see its log")
+            if time.monotonic() > deadline:
+                raise MeterError("timed out waiting for the worker")
+            time.sleep(0.5)
+
+    def _summary(self, sent: Mapping[str, Any], windows: int, alerts: int) -> list[str]:
+        """What was sent and what the meter did with it; every number says what it counts."""
+        repeats = int(self._metric("meter_duplicate_events_total"))
+        late = int(self._metric("meter_late_events_total"))
+        dead = int(self._metric("meter_dead_letter_events_total"))
+        amendments = int(self._metric('meter_window_records_total{type="amendment"}'))
+        retries = "every retry" if repeats == sent["duplicates"] else f"{sent['duplicates']:,} sent"
+        first = self.tail.first_alert_s if self.tail is not None else None
+        when = "" if first is None else f"; the first was on screen {first:.0f} s after the start"
+        return [
+            f"sent       {sent['events']:,} events: {sent['calls']:,} calls ({sent['flush']:,} of "
+            f"them past the year's end, so that its last windows close) and "
+            f"{sent['duplicates']:,} gateway retries of calls already sent, plus "
+            f"{sent['malformed']:,} malformed records",
+            f"counted    each call once: {repeats:,} repeats dropped ({retries}); "
+            f"{late:,} calls arrived after their window had closed and amended it",
+            f"rejected   {dead:,} malformed records, dead-lettered with their reasons",
+            f"published  {windows:,} window records ({amendments:,} of them amendments) and "
+            f"{alerts:,} alerts{when}",
+        ]
 
 
 DEMO_OPTIONS: tuple[Option, ...] = (

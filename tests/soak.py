@@ -22,8 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from meter.adapters.broker import BrokerLayout, LocalBroker
-from tests.integration.worker_proc import free_port
+from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 _RESULT = re.compile(r"^(PASSED|FAILED|ERROR) (\S+)", re.MULTILINE)

@@ -40,6 +40,9 @@ class IdempotentProducer(AIOKafkaProducer):
     return with changelog records still queued, so this one also waits for every changelog record
     to be acknowledged (`meter.adapters.changelog`)."""
 
+    # faust's service lifecycle lines ("Starting...") stay with faust's (quiet unless -v).
+    logger = logging.getLogger("faust.transport.producer")
+
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
@@ -49,6 +52,8 @@ class IdempotentProducer(AIOKafkaProducer):
 
 
 class MeterApp(faust.App):
+    logger = logging.getLogger("faust.app")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changelog_tracker = ChangelogTracker(lambda exc: die("changelog", exc))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meter.config import BOOTSTRAP, Option, default_state_dir, load, port_number
-from meter.core.errors import ConfigError, MeterError
+from meter.core.errors import ConfigError, MeterError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,39 @@ def kafka_bootstrap(configured: str | None, env: Mapping[str, str]) -> str:
         f"no Kafka configured and no local broker at {local.bootstrap}; set it, or run "
         "`meter kafka start`",
     )
+
+
+def wait_for_kafka(bootstrap: str, timeout_s: float, *, what: str = BOOTSTRAP.label) -> None:
+    """Return once one of the bootstrap servers accepts a connection; after `timeout_s` raise
+    `UnavailableError` with one line naming the cause and the fix. Logs one WARNING while it
+    waits, so a worker started before its broker starts with it."""
+    addresses: list[tuple[str, int]] = []
+    for item in bootstrap.split(","):
+        host, _, digits = item.strip().rpartition(":")
+        if not host or not digits.isdigit():
+            raise ConfigError(what, f"expected host:port[,host:port...], got {bootstrap!r}")
+        addresses.append((host.strip("[]"), int(digits)))
+    deadline = time.monotonic() + timeout_s
+    warned = False
+    while True:
+        cause = ""
+        for address in addresses:
+            try:
+                with socket.create_connection(address, timeout=2.0):
+                    return
+            except OSError as exc:
+                cause = exc.strerror or str(exc)
+        if time.monotonic() >= deadline:
+            raise UnavailableError(
+                f"cannot reach Kafka at {bootstrap} ({cause.lower()}) after {timeout_s:.0f}s: "
+                f"check {what}, or start a local broker with `meter kafka start`"
+            )
+        if not warned:
+            log.warning(
+                "Kafka at %s does not answer (%s); waiting up to %.0fs", bootstrap, cause, timeout_s
+            )
+            warned = True
+        time.sleep(1.0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

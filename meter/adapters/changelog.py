@@ -64,6 +64,8 @@ def tracker_of(app: object) -> ChangelogTracker:
 class LedgerTable(faust.Table[bytes, bytes]):
     """A faust table whose every changelog send is handed to the app's `ChangelogTracker`."""
 
+    logger = logging.getLogger("faust.tables")
+
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
         tracker_of(self.app).track(fut)

@@ -16,13 +16,16 @@ def read_policy(path: str | Path) -> Policy:
     try:
         text = p.read_text()
     except OSError as exc:
-        raise PolicyError("", f"cannot read policy file {p}: {exc.strerror or exc}") from exc
+        raise PolicyError(
+            "", f"cannot read policy file {p}: {exc.strerror or exc} (--policy / METER_POLICY)"
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise PolicyError("", f"{p} is not valid YAML{where}: {exc}") from exc
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PolicyError("", f"{p} is not valid YAML{where}: {problem}") from exc
     return load_policy(data)
 
 

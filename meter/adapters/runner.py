@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import faust
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from meter.adapters.broker import wait_for_kafka
 from meter.adapters.changelog import tracker_of
 from meter.adapters.sinks import SinkService, SinkSettings, is_enabled
 from meter.adapters.state_dir import discard_unless_clean, exclusive, mark_clean_stop
@@ -15,7 +18,7 @@ from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_co
 from meter.adapters.worker import MeterWorker
 from meter.config import WorkerSettings
 from meter.core.durations import DAY_MS
-from meter.core.errors import ConfigError
+from meter.core.errors import ConfigError, UnavailableError
 from meter.core.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -65,9 +68,27 @@ def run_worker(
     verbose: bool,
     sinks: SinkSettings | None = None,
 ) -> int:
-    counts = prepare_topics(settings, bootstrap)
     with exclusive(settings.data_dir):
+        check_port_free(settings.web_host, settings.web_port)
+        wait_for_kafka(bootstrap, settings.connect_timeout_ms / 1000)
+        try:
+            counts = prepare_topics(settings, bootstrap)
+        except KafkaError as exc:
+            raise UnavailableError(f"cannot prepare the topics at {bootstrap}: {exc}") from exc
         return _run(settings, policy, bootstrap, counts, verbose=verbose, sinks=sinks)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The metrics port must be free before faust starts (it would fail deep inside)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                "--web-port / METER_WEB_PORT",
+                f"cannot listen on {host}:{port} ({exc.strerror}): give each worker its own port",
+            ) from None
 
 
 def _run(

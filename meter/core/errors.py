@@ -4,6 +4,7 @@
      +-- EventError        an input record or event is malformed (carries a short `reason` code)
      +-- PolicyError       the policy document is invalid (carries the field `path`)
      +-- ConfigError       a setting is invalid (carries the setting's `field` name)
+     +-- UnavailableError  a service the command needs (Kafka) does not answer
 
 A cap being crossed is not an error: it is a value returned by the usage ledger.
 """
@@ -40,3 +41,7 @@ class ConfigError(MeterError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class UnavailableError(MeterError):
+    """A service the command needs (Kafka, a database) did not answer in time."""

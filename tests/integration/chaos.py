@@ -25,14 +25,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from meter.adapters.broker import BrokerLayout, LocalBroker
-from tests.integration.recovery_case import (
+from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
+from tests.harness.deployment import Deployment, write_policy
+from tests.harness.processes import WorkerProcess
+from tests.harness.recovery import (
     POLICY,
     finish_and_check,
     start_stream,
     stream,
 )
-from tests.integration.worker_proc import Deployment, WorkerProcess, free_port, write_policy
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,23 +7,17 @@ Uses METER_KAFKA_BOOTSTRAP when it is set; otherwise starts the local broker fro
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from meter.adapters.broker import BrokerLayout, LocalBroker
+from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
 from meter.adapters.topics import TopicSpec, ensure_topics
+from tests.harness.deployment import Deployment, deployment_factory
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +34,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, kafka_home: Path) 
     layout = BrokerLayout(
         home=kafka_home,
         state=tmp_path_factory.mktemp("kafka"),
-        port=_free_port(),
-        controller_port=_free_port(),
+        port=free_port(),
+        controller_port=free_port(),
     )
     broker = LocalBroker(layout)
     broker.start(timeout=120)
@@ -67,3 +61,13 @@ def make_topic(kafka_bootstrap: str, unique: Callable[[str], str]) -> Callable[.
         return name
 
     return make
+
+
+@pytest.fixture
+def deployments(
+    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> Iterator[Callable[..., Deployment]]:
+    """`deployments(policy_yaml, partitions=..., ...)` builds a `Deployment` for this test; every
+    worker it starts is stopped at the end, and their logs are printed."""
+    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
+        yield make

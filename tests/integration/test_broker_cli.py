@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from meter.adapters.broker import free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def meter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -33,8 +29,8 @@ def meter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, METER_STATE_DIR=str(tmp_path / "state"))
-    env["METER_KAFKA_PORT"] = str(_free_port())
-    env["METER_KAFKA_CONTROLLER_PORT"] = str(_free_port())
+    env["METER_KAFKA_PORT"] = str(free_port())
+    env["METER_KAFKA_CONTROLLER_PORT"] = str(free_port())
     env.pop("METER_KAFKA_BOOTSTRAP", None)
     return env
 

@@ -16,33 +16,24 @@ import random
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.integration.worker_proc import (
-    HOUR_MS,
-    MIN_MS,
+from tests.harness.data import HOUR_MS, MIN_MS, Event, dumps, event, header, ms, values_of
+from tests.harness.deployment import Deployment
+from tests.harness.oracle import (
     CapSpec,
-    Deployment,
-    Event,
-    deployment_factory,
     describe_differences,
-    dumps,
     duplicates,
-    event,
     expected_cap_alerts,
     expected_totals,
-    header,
     latest_windows,
     marker_alert_id,
-    ms,
-    values_of,
-    wait_until,
     window_key,
 )
+from tests.harness.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -82,14 +73,6 @@ def caps_of(stype: str, subject: str) -> tuple[CapSpec, ...]:
         key = f"org:{subject}:records-1h"
         return (CapSpec(key, "records", "1h", HOUR_MS, 20000, (0.5, 1.0)),)
     return ()
-
-
-@pytest.fixture
-def deployments(
-    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[Callable[..., Deployment]]:
-    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
-        yield make
 
 
 def backlog(rng: random.Random, t0: int, n: int = 12_000) -> tuple[list[list[bytes]], set[str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kafka_io import produce, read_all
+from tests.harness.kafka import produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

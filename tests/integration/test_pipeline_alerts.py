@@ -7,43 +7,25 @@ order sent and every field of every alert (usage, crossing event, time) is predi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
-from tests.integration.worker_proc import (
-    DAY_MS,
-    HOUR_MS,
-    MIN_MS,
+from tests.harness.data import DAY_MS, HOUR_MS, MIN_MS, Event, event, header, iso, ms, values_of
+from tests.harness.deployment import Deployment
+from tests.harness.oracle import (
     CapSpec,
-    Deployment,
-    Event,
     ExpectedAlert,
-    deployment_factory,
     duplicates,
-    event,
     expected_cap_alerts,
     expected_totals,
-    header,
-    iso,
     marker_alert_id,
-    ms,
     totals_of,
-    values_of,
-    wait_until,
 )
+from tests.harness.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def deployments(
-    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[Callable[..., Deployment]]:
-    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
-        yield make
 
 
 CAP_POLICY = """

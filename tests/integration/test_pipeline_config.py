@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from meter.adapters.broker import free_port
 from meter.adapters.runner import prepare_topics
 from meter.adapters.topics import TopicSpec, ensure_topics
 from meter.config import WorkerSettings
-from tests.integration.worker_proc import REPO, free_port
+from tests.harness.processes import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

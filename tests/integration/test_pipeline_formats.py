@@ -7,26 +7,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from kafka import KafkaProducer
 
-from tests.integration.worker_proc import (
-    DAY_MS,
-    MIN_MS,
-    Deployment,
-    Event,
-    deployment_factory,
-    dumps,
-    event,
-    expected_totals,
-    header,
-    iso,
-    ms,
-    totals_of,
-)
+from tests.harness.data import DAY_MS, MIN_MS, Event, dumps, event, header, iso, ms
+from tests.harness.deployment import Deployment
+from tests.harness.oracle import expected_totals, totals_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -48,14 +36,6 @@ apps:
 SIZES = {"15m": 15 * MIN_MS}
 APPS = ("plain", "batched", "structured", "binary", "mixed")
 ORG_OF = dict.fromkeys(APPS, "acme")
-
-
-@pytest.fixture
-def deployments(
-    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[Callable[..., Deployment]]:
-    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
-        yield make
 
 
 def rfc3339_plus2(ms_: int) -> str:

@@ -8,30 +8,30 @@ before sending the next, so which window is open or closed at each event is know
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
-from tests.integration.worker_proc import (
+from tests.harness.data import (
     DAY_MS,
     HOUR_MS,
     MIN_MS,
-    CapSpec,
-    Deployment,
     Event,
-    WindowKey,
-    deployment_factory,
     dumps,
-    duplicates,
     event,
-    expected_cap_alerts,
-    expected_totals,
     header,
     iso,
     ms,
     values_of,
+)
+from tests.harness.deployment import Deployment
+from tests.harness.oracle import (
+    CapSpec,
+    WindowKey,
+    duplicates,
+    expected_cap_alerts,
+    expected_totals,
     window_key,
     window_record_id,
 )
@@ -60,14 +60,6 @@ RECORDS_1H = CapSpec("org:o1:records-1h", "records", "1h", HOUR_MS, 1000)
 
 def caps_of(stype: str, subject: str) -> Sequence[CapSpec]:
     return (CALLS_15M,) if stype == "app" else (RECORDS_1H,)
-
-
-@pytest.fixture
-def deployments(
-    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[Callable[..., Deployment]]:
-    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
-        yield make
 
 
 def totals(events: list[Event], key: WindowKey) -> dict[str, Any]:

@@ -7,37 +7,22 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.integration.recovery_case import (
+from tests.harness.data import dumps, event, ms, values_of
+from tests.harness.deployment import Deployment
+from tests.harness.processes import wait_until
+from tests.harness.recovery import (
     POLICY,
     alerts_reach,
     finish_and_check,
     start_stream,
     stream,
 )
-from tests.integration.worker_proc import (
-    Deployment,
-    deployment_factory,
-    dumps,
-    event,
-    ms,
-    values_of,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def deployments(
-    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[Callable[..., Deployment]]:
-    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
-        yield make
 
 
 @pytest.mark.parametrize("data_dir", ["same-data-dir", "new-data-dir"])

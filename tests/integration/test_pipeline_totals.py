@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import pytest
 
-from tests.integration.worker_proc import (
-    HOUR_MS,
-    MIN_MS,
+from tests.harness.data import HOUR_MS, MIN_MS, Event, event, header, iso, ms, values_of
+from tests.harness.deployment import Deployment
+from tests.harness.oracle import (
     CapSpec,
-    Deployment,
-    Event,
     cap_usage,
-    deployment_factory,
     describe_differences,
     duplicates,
-    event,
     expected_cap_alerts,
     expected_totals,
-    header,
-    iso,
-    ms,
-    values_of,
     window_key,
     window_record_id,
 )
@@ -95,14 +86,6 @@ def caps_of(stype: str, subject: str) -> Sequence[CapSpec]:
     if stype == "app":
         return () if subject == "initech-4" else (CALLS_15M, SEARCH_1H)
     return (org_records(subject),) if subject in ("acme", "globex") else ()
-
-
-@pytest.fixture
-def deployments(
-    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
-) -> Iterator[Callable[..., Deployment]]:
-    with deployment_factory(kafka_bootstrap, tmp_path, unique) as make:
-        yield make
 
 
 def test_exact_totals_for_many_apps_windows_and_partitions(

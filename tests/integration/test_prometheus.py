@@ -16,15 +16,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.worker_proc import (
-    Deployment,
-    WorkerProcess,
-    dumps,
-    free_port,
-    wait_until,
-    write_policy,
-)
-from tests.unit.test_deploy_promql import exported_series
+from meter.adapters.broker import free_port
+from tests.harness.data import dumps
+from tests.harness.deployment import Deployment, write_policy
+from tests.harness.processes import WorkerProcess, wait_until
+from tests.harness.promql import exported_series
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

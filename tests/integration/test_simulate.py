@@ -16,7 +16,7 @@ from meter.core.events import decode_record
 from meter.sim.command import add_simulate_parser
 from meter.sim.framing import FORMATS
 from meter.sim.truth import Truth, load_truth
-from tests.integration.kafka_io import read_all
+from tests.harness.kafka import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

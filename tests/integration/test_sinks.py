@@ -22,6 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from meter.adapters.broker import free_port
 from meter.adapters.sinks import SinkService, SinkSettings, StartPosition
 from meter.core.events import parse_time
 from meter.core.outputs import cap_alert, marker_alert, window_json
@@ -33,12 +34,6 @@ ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")  # Debian package promet
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 SECRET = "test-secret-\u00e9"
 MIN = 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def now_ms() -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_deploy_promql import REPO, expression_problems, promtool
+from tests.harness.promql import REPO, expression_problems, promtool
 
 GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "meter.json"

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tests.unit.test_deploy_promql import PROMETHEUS, REPO, RULE_FILES, promtool, rule_docs
+from tests.harness.promql import PROMETHEUS, REPO, RULE_FILES, promtool, rule_docs
 
 TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
 COMPOSE_PROMETHEUS = REPO / "deploy" / "compose" / "prometheus.yml"

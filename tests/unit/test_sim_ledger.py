@@ -18,8 +18,8 @@ from meter.sim.compare import Comparison, compare
 from meter.sim.framing import FORMATS, Message, frame
 from meter.sim.scenario import ScenarioConfig, generate
 from meter.sim.truth import Truth, TruthBuilder
-from tests.unit.test_sim_truth import policy as hand_policy
-from tests.unit.test_sim_truth import sequence
+from tests.harness.sim_cases import policy as hand_policy
+from tests.harness.sim_cases import sequence
 
 MARCH = 1_646_092_800_000  # 2022-03-01T00:00:00Z
 DAY = 86_400_000

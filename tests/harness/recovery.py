@@ -13,23 +13,16 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tests.integration.worker_proc import (
-    HOUR_MS,
-    MIN_MS,
-    BackgroundProducer,
+from tests.harness.data import HOUR_MS, MIN_MS, Event, dumps, event, header, ms, values_of
+from tests.harness.deployment import Deployment
+from tests.harness.kafka import BackgroundProducer
+from tests.harness.oracle import (
     CapSpec,
-    Deployment,
-    Event,
     describe_differences,
-    dumps,
     duplicates,
-    event,
     expected_cap_alerts,
     expected_totals,
-    header,
-    ms,
     totals_of,
-    values_of,
     window_key,
 )
 

@@ -1,7 +1,8 @@
-"""Plain kafka-python producing and reading for integration tests (clients no meter code wrote)."""
+"""Plain kafka-python producing and reading for tests (clients no meter code wrote)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -75,3 +76,41 @@ def read_all(
                 out.extend(recs)
     finally:
         consumer.close()
+
+
+class BackgroundProducer(threading.Thread):
+    """Produces `values` (with `keys`) to `topic` at a steady pace, in its own thread."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        values: Sequence[bytes],
+        keys: Sequence[bytes | None],
+        pause: float,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.values, self.keys = bootstrap, topic, values, keys
+        self.pause = pause
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+            try:
+                for value, key in zip(self.values, self.keys, strict=True):
+                    producer.send(self.topic, value=value, key=key)
+                    self.sent += 1
+                    time.sleep(self.pause)
+                producer.flush(timeout=60)
+            finally:
+                producer.close()
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout: float = 120.0) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the background producer did not finish"
+        assert self.error is None, f"the background producer failed: {self.error!r}"
+        assert self.sent == len(self.values)

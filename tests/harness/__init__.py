@@ -1,0 +1,1 @@
+"""Test helpers: data, the independent oracle, Kafka clients, worker processes, deployments."""

@@ -1,0 +1,93 @@
+"""A worker that cannot start says why in one line, with the fix, and a documented exit status:
+no client-library logs, no traceback. (No broker needed: nothing starts.)"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = str(REPO / "meter" / "examples" / "case-2022.yaml")
+
+
+def worker(*args: str, tmp_path: Path) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meter.cli", "worker", "--data-dir", str(tmp_path / "d"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "METER_STATE_DIR": str(tmp_path)},
+    )
+    return proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()
+
+
+def test_an_unreachable_broker(tmp_path: Path) -> None:
+    code, lines = worker(
+        "--policy", POLICY, "--bootstrap", "127.0.0.1:1", "--connect-timeout", "2s",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert code == 69
+    assert lines[-1].startswith("meter: cannot reach Kafka at 127.0.0.1:1 (connection refused)")
+    assert "meter kafka start" in lines[-1]
+    # At most one notice that it is waiting; no client logs, no traceback.
+    assert len(lines) <= 2, lines
+    assert not any("Traceback" in line or "kafka." in line for line in lines)
+
+
+def test_a_policy_file_that_cannot_be_read(tmp_path: Path) -> None:
+    code, lines = worker(
+        "--policy", str(tmp_path / "missing.yaml"), "--bootstrap", "127.0.0.1:1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert code == 2
+    assert lines == [
+        f"meter: policy error: cannot read policy file {tmp_path / 'missing.yaml'}: No such file "
+        "or directory (--policy / METER_POLICY)"
+    ]
+
+
+def test_a_data_dir_that_cannot_be_written(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, lines = worker(
+        "--policy", POLICY, "--bootstrap", "127.0.0.1:1", "--data-dir", str(blocker / "data"),
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert code == 2
+    assert lines == [
+        f"meter: configuration error: --data-dir / METER_DATA_DIR: cannot use {blocker / 'data'}:"
+        " Not a directory"
+    ]
+
+
+def test_a_metrics_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = worker(
+            "--policy", POLICY, "--bootstrap", "127.0.0.1:1", "--web-port", str(port),
+            tmp_path=tmp_path,
+        )  # fmt: skip
+    assert code == 2
+    assert lines == [
+        f"meter: configuration error: --web-port / METER_WEB_PORT: cannot listen on "
+        f"127.0.0.1:{port} (Address already in use): give each worker its own port"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "field"),
+    [("--grace", "soon", "--grace / METER_GRACE"), ("--partitions", "0", "--partitions")],
+)
+def test_a_bad_setting(tmp_path: Path, setting: str, value: str, field: str) -> None:
+    code, lines = worker("--policy", POLICY, setting, value, tmp_path=tmp_path)
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(f"meter: configuration error: {field}")
