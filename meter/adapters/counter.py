@@ -91,9 +91,10 @@ class Counter:
             if self.ledgers.get(partition) is not ledger:
                 return  # revoked meanwhile: whoever counts it next finds the gap and reads it
         expected = ledger.next_offset()
-        skipped = expected is not None and msg.offset > expected
-        if skipped:
+        skipped = False
+        if expected is not None and msg.offset > expected:
             await self._fill_gap(ledger, partition, expected, msg.offset)
+            skipped = True
         if first or skipped:
             # Every offset before this record is now applied: held by the ledger (its replays
             # are skipped whole) or just read back. faust must know it, or its committed offset
