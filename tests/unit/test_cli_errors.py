@@ -3,6 +3,7 @@ no client-library logs, no traceback. (No broker needed: nothing starts.)"""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -91,3 +92,90 @@ def test_a_bad_setting(tmp_path: Path, setting: str, value: str, field: str) -> 
     assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith(f"meter: configuration error: {field}")
+
+
+GOOD_POLICY = """
+version: 1
+tiers:
+  std:
+    caps:
+      - {id: calls-15m, metric: calls, window: 15m, limit: 10}
+orgs:
+  acme: {}
+apps:
+  acme-web: {org: acme, tier: std}
+"""
+
+
+def meter(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "meter.cli", *args],
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_worker_without_a_policy_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    result = meter("worker", "--bootstrap", "127.0.0.1:1", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2, result.stderr
+    assert "--policy / METER_POLICY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mistake", "path"),
+    [
+        ("      - {id: calls-15m, metric: calls, window: 15m, limt: 10}", "tiers.std.caps[0].limt"),
+        (
+            "      - {id: calls-15m, metric: calls, window: 15x, limit: 10}",
+            "tiers.std.caps[0].window",
+        ),
+        (
+            "      - {id: calls-15m, metric: call, window: 15m, limit: 10}",
+            "tiers.std.caps[0].metric",
+        ),
+    ],
+    ids=["unknown-field", "bad-window", "bad-metric"],
+)
+def test_a_policy_typo_exits_2_naming_the_field(tmp_path: Path, mistake: str, path: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    lines = GOOD_POLICY.splitlines()
+    lines[5] = mistake
+    policy.write_text("\n".join(lines) + "\n")
+    # Given as a flag, and through the environment.
+    for result in (
+        meter("worker", "--policy", str(policy), "--bootstrap", "127.0.0.1:1"),
+        meter("worker", "--bootstrap", "127.0.0.1:1", env={"METER_POLICY": str(policy)}),
+    ):
+        assert result.returncode == 2, result.stderr
+        assert f"policy error at {path}:" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_settings_exit_2_naming_the_flag_and_variable(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(GOOD_POLICY)
+    for args, env, label in [
+        (["--partitions", "0"], {}, "--partitions / METER_PARTITIONS"),
+        ([], {"METER_GRACE": "soon"}, "--grace / METER_GRACE"),
+        (["--web-port", "99999"], {}, "--web-port / METER_WEB_PORT"),
+        (["--store", "redis"], {}, "--store / METER_STORE"),
+        (["--session-timeout", "1s"], {}, "--session-timeout / METER_SESSION_TIMEOUT"),
+    ]:
+        result = meter("worker", "--policy", str(policy), "--bootstrap", "127.0.0.1:1", *args,
+                       env=env)  # fmt: skip
+        assert result.returncode == 2, (args, env, result.stderr)
+        assert label in result.stderr, (args, env, result.stderr)
+
+
+def test_policy_check_accepts_the_bundled_example() -> None:
+    result = meter("policy", "check", "meter/examples/case-2022.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "case-2022.yaml: OK" in result.stdout
+    for name in ("org microsoft", "app azure-logic-apps-fairfax", "tier:enterprise:calls-15m"):
+        assert name in result.stdout
