@@ -304,7 +304,8 @@ class Demo:
             f"{sent['duplicates']:,} gateway retries of calls already sent, plus "
             f"{sent['malformed']:,} malformed records",
             f"counted    each call once: {repeats:,} repeats dropped ({retries}); "
-            f"{late:,} calls arrived after their window had closed and amended it",
+            f"{late:,} {'call' if late == 1 else 'calls'} arrived after their window had closed "
+            "and amended it",
             f"rejected   {dead:,} malformed records, dead-lettered with their reasons",
             f"published  {windows:,} window records ({amendments:,} of them amendments) and "
             f"{alerts:,} alerts{when}",
