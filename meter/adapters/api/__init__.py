@@ -1,0 +1,1 @@
+"""The HTTP API (`meter api`): current usage from the quota feed, history from the store."""

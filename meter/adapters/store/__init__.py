@@ -1,0 +1,1 @@
+"""The usage store: window totals and alerts from Kafka into SQL (SQLite or PostgreSQL)."""
