@@ -170,6 +170,15 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("--alerts-topic", "usage-alerts", non_empty, "alerts topic", "`usage-alerts`"),
     Option("--windows-topic", "usage-windows", non_empty, "window totals topic", "`usage-windows`"),
     Option(
+        "--quota-topic", "quota-state", non_empty,
+        "compacted quota feed for gateways (*Quota feed*)", "`quota-state`",
+    ),
+    Option(
+        "--quota-interval", 1_000, positive_ms,
+        "while a cap's usage only moves, its feed record is updated at most once per this; "
+        "state changes and new windows go out at once", "`1s`", field="quota_interval_ms",
+    ),
+    Option(
         "--group", "meter", non_empty,
         "consumer group, faust app id, prefix of internal topics", "`meter`",
     ),
@@ -249,6 +258,8 @@ class WorkerSettings:
     dlq_topic: str = "api-calls.dlq"
     alerts_topic: str = "usage-alerts"
     windows_topic: str = "usage-windows"
+    quota_topic: str = "quota-state"
+    quota_interval_ms: int = 1_000
     group: str = "meter"
     partitions: int = 4
     grace_ms: int = 60_000

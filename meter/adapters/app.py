@@ -131,6 +131,7 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
         s.dlq_topic: raw_topic(s.dlq_topic),
         s.alerts_topic: raw_topic(s.alerts_topic),
         s.windows_topic: raw_topic(s.windows_topic),
+        s.quota_topic: raw_topic(s.quota_topic),
     }
     table = app.tables.add(
         LedgerTable(

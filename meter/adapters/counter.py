@@ -25,7 +25,7 @@ from meter.adapters.telemetry import PartitionState, Telemetry
 from meter.adapters.wire import TICK, Report, decode_routed, ingest_time
 from meter.config import WorkerSettings
 from meter.core.ledger import CapUsage, LedgerSettings, PartitionLedger, Pending
-from meter.core.outputs import ALERTS, DEAD_LETTERS
+from meter.core.outputs import ALERTS, DEAD_LETTERS, QUOTA
 from meter.core.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Counter:
             late_horizon_ms=settings.late_horizon_ms,
             history_horizon_ms=settings.history_horizon_ms,
             source_topic=settings.routed_topic,
+            quota_interval_ms=settings.quota_interval_ms,
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
@@ -200,6 +201,8 @@ class Counter:
         s = self.settings
         if kind == ALERTS:
             return s.alerts_topic
+        if kind == QUOTA:
+            return s.quota_topic
         return s.dlq_topic if kind == DEAD_LETTERS else s.windows_topic
 
     def _out_partition(self, topic: str, partition: int) -> int:
@@ -218,10 +221,13 @@ class Counter:
             name = self._topic_name(p.record.kind)
             headers = [(ID_HEADER, p.record.id.encode())]
             headers += [(k, v.encode()) for k, v in p.record.headers]
+            value = (
+                None if p.record.tombstone else json.dumps(p.record.value, separators=(",", ":"))
+            )
             futures.append(
                 await self.app.topic(name).send(
                     key=p.record.key.encode(),
-                    value=json.dumps(p.record.value, separators=(",", ":")).encode(),
+                    value=None if value is None else value.encode(),
                     partition=self._out_partition(name, partition),
                     timestamp=p.record.ts_ms / 1000,
                     headers=headers,

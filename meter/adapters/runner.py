@@ -41,6 +41,10 @@ def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
         TopicSpec(s.dlq_topic, s.partitions, keep(30)),
         TopicSpec(s.alerts_topic, s.partitions, keep(90)),
         TopicSpec(s.windows_topic, s.partitions, keep(400)),
+        # One record per subject and cap survives compaction; short segments let it run soon.
+        TopicSpec(
+            s.quota_topic, s.partitions, {"cleanup.policy": "compact", "segment.ms": "600000"}
+        ),
     ]
 
 
@@ -48,7 +52,8 @@ def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
     """Create missing topics; check the routed topic matches the state's partitioning."""
     ensure_topics(bootstrap, topic_specs(s), replication=s.replication)
     counts = settled_partition_counts(
-        bootstrap, [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic]
+        bootstrap,
+        [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic, s.quota_topic],
     )
     for name in (s.routed_topic, s.changelog_topic):
         if counts.get(name) != s.partitions:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from meter.core.events import REASONS, Rejection
 from meter.core.ledger import CapUsage, Pending, Stats
-from meter.core.outputs import ALERTS, WINDOWS
+from meter.core.outputs import ALERTS, QUOTA, WINDOWS
 from meter.core.policy import Policy
 
 OTHER = "other"
@@ -73,6 +73,11 @@ class Telemetry:
             "meter_window_records",
             "Window totals published (final and amendments)",
             ["type"],
+            registry=r,
+        )
+        self.quota = Counter(
+            "meter_quota_updates",
+            "Quota feed records published (tombstones included)",
             registry=r,
         )
         self.input_records = Counter(
@@ -142,7 +147,9 @@ class Telemetry:
     def published(self, sent: Iterable[Pending]) -> None:
         for p in sent:
             v = p.record.value
-            if p.record.kind == ALERTS:
+            if p.record.kind == QUOTA:
+                self.quota.inc()
+            elif p.record.kind == ALERTS:
                 self.alerts.labels(v["kind"], v["severity"]).inc()
             elif p.record.kind == WINDOWS:
                 self.windows.labels("final" if v["revision"] == 0 else "amendment").inc()

@@ -14,14 +14,16 @@ from meter.core.windows import format_ms
 ALERTS = "alerts"
 WINDOWS = "windows"
 DEAD_LETTERS = "dead-letters"
+QUOTA = "quota"
 
 Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """A record to publish: `kind` is ALERTS, WINDOWS or DEAD_LETTERS; `id` also travels as the
-    `meter-id` header, next to `headers`."""
+    """A record to publish: `kind` is ALERTS, WINDOWS, DEAD_LETTERS or QUOTA; `id` also travels
+    as the `meter-id` header, next to `headers`. A `tombstone` is sent with a null value (it
+    deletes `key` from a compacted topic); its `value` is empty."""
 
     kind: str
     id: str
@@ -29,17 +31,29 @@ class Outbound:
     value: Json
     ts_ms: int
     headers: tuple[tuple[str, str], ...] = ()
+    tombstone: bool = False
 
     def to_json(self) -> Json:
-        out = {"kind": self.kind, "id": self.id, "key": self.key, "v": self.value, "ts": self.ts_ms}
+        out: Json = {"kind": self.kind, "id": self.id, "key": self.key, "v": self.value}
+        out["ts"] = self.ts_ms
         if self.headers:
             out["h"] = [list(h) for h in self.headers]
+        if self.tombstone:
+            out["x"] = 1
         return out
 
     @classmethod
     def from_json(cls, data: Json) -> Outbound:
         headers = tuple((k, v) for k, v in data.get("h", ()))
-        return cls(data["kind"], data["id"], data["key"], data["v"], data["ts"], headers)
+        return cls(
+            data["kind"],
+            data["id"],
+            data["key"],
+            data["v"],
+            data["ts"],
+            headers,
+            bool(data.get("x")),
+        )
 
 
 def stable_id(*parts: object) -> str:

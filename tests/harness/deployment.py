@@ -4,6 +4,7 @@ what a test does to it (send, push event time, wait until settled, read outputs,
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 import urllib.request
@@ -49,6 +50,7 @@ class Deployment:
         self.alerts_topic = self.name("alerts")
         self.windows_topic = self.name("windows")
         self.dlq_topic = self.name("dlq")
+        self.quota_topic = self.name("quota")
         self.routed_topic = f"{self.group}-routed"
         self.changelog_topic = f"{self.group}-ledger-changelog"
         # Pre-created, so that no reader auto-creates one with the broker's default partitions.
@@ -59,6 +61,7 @@ class Deployment:
                 TopicSpec(self.alerts_topic, self.partitions),
                 TopicSpec(self.windows_topic, self.partitions),
                 TopicSpec(self.dlq_topic, self.partitions),
+                TopicSpec(self.quota_topic, self.partitions, {"cleanup.policy": "compact"}),
             ],
         )
 
@@ -83,6 +86,7 @@ class Deployment:
             "--alerts-topic", self.alerts_topic,
             "--windows-topic", self.windows_topic,
             "--dlq-topic", self.dlq_topic,
+            "--quota-topic", self.quota_topic,
             "--partitions", str(self.partitions),
             "--grace", self.grace,
             "--tick", self.tick,
@@ -221,6 +225,13 @@ class Deployment:
 
     def dlq(self, expect: int | None = None, **kw: Any) -> list[ConsumerRecord]:
         return self.read(self.dlq_topic, expect, **kw)
+
+    def quota_feed(self, **kw: Any) -> dict[str, dict[str, Any] | None]:
+        """The last record of each key on the quota feed (None: a tombstone)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for r in self.read(self.quota_topic, None, **kw):
+            out[r.key.decode()] = None if r.value is None else json.loads(r.value)
+        return out
 
     def members(self) -> list[int]:
         """Web ports of the group's members that have partitions assigned (the web URL is in

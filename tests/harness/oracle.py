@@ -178,6 +178,30 @@ def expected_cap_alerts(
     return out
 
 
+def expected_feed(
+    events: Iterable[Event], caps_of: CapsOf, org_of: dict[str, str]
+) -> dict[str, tuple[int, int, str]]:
+    """The quota feed's last word per key `<type>:<subject>|<cap>`: (start of the newest
+    window in which the subject had any event, the cap's usage there, its state)."""
+    events = list(events)
+    usage = cap_usage(events, caps_of, org_of)
+    newest: dict[tuple[str, str, CapSpec], int] = {}
+    for ev, stype, subject in _subjects(events, org_of):
+        for cap in caps_of(stype, subject):
+            start = ev["time"] - ev["time"] % cap.size_ms
+            newest[stype, subject, cap] = max(start, newest.get((stype, subject, cap), start))
+    out = {}
+    for (stype, subject, cap), start in newest.items():
+        used = usage.get((stype, subject, cap.key, start), 0)
+        state = (
+            "exceeded" if used >= cap.limit
+            else "warning" if used >= min(level for _, _, level in cap.levels())
+            else "ok"
+        )  # fmt: skip
+        out[f"{stype}:{subject}|{cap.key}"] = (start, used, state)
+    return out
+
+
 def _subjects(events: Iterable[Event], org_of: dict[str, str]) -> Iterable[tuple[Event, str, str]]:
     seen: set[tuple[str, str]] = set()
     for ev in events:

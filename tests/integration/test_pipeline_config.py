@@ -75,6 +75,7 @@ def test_missing_topics_are_created_with_their_retention_and_timestamps(
         dlq_topic=unique("dlq"),
         alerts_topic=unique("alerts"),
         windows_topic=unique("windows"),
+        quota_topic=unique("quota"),
         group=unique("meter"),
         partitions=3,
     )
@@ -84,10 +85,11 @@ def test_missing_topics_are_created_with_their_retention_and_timestamps(
         s.changelog_topic: 3,
         s.alerts_topic: 3,
         s.windows_topic: 3,
+        s.quota_topic: 3,
     }
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        names = [s.input_topic, s.changelog_topic, s.alerts_topic]
+        names = [s.input_topic, s.changelog_topic, s.alerts_topic, s.quota_topic]
         found = admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
         )["topic"]
@@ -98,4 +100,6 @@ def test_missing_topics_are_created_with_their_retention_and_timestamps(
     assert configs[s.input_topic]["message.timestamp.type"] == "LogAppendTime"
     assert configs[s.input_topic]["retention.ms"] == str(7 * 86_400_000)
     assert configs[s.changelog_topic]["cleanup.policy"] == "compact"
+    # the quota feed keeps the last record per subject and cap
+    assert configs[s.quota_topic]["cleanup.policy"] == "compact"
     assert configs[s.alerts_topic]["retention.ms"] == str(90 * 86_400_000)

@@ -8,8 +8,10 @@ window records (revision 0) and the cap alerts field by field.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ from tests.harness.oracle import (
     describe_differences,
     duplicates,
     expected_cap_alerts,
+    expected_feed,
     expected_totals,
     window_key,
     window_record_id,
@@ -123,7 +126,7 @@ def test_exact_totals_for_many_apps_windows_and_partitions(
         d.wait_consumed()
 
     # A day later on every input partition: the watermark passes every window.
-    d.push(ms("2022-03-02T12:00"), [f"{org}-1" for org in ORGS])
+    pushed = d.push(ms("2022-03-02T12:00"), [f"{org}-1" for org in ORGS])
 
     want = expected_totals(sent, SIZES, APPS)
     assert len(want) == 12 * 4 + 12 * 2 + 3 * 4 + 3 * 2  # every app and org, every window
@@ -190,7 +193,37 @@ def test_exact_totals_for_many_apps_windows_and_partitions(
             assert a["used"] == e.level  # calls grow one at a time
         else:  # the crossing event's records may overshoot the level
             assert e.level <= a["used"] < e.level + 26
+
+    # The quota feed: the last record of every subject and cap holds the usage of the subject's
+    # newest window. Coalesced updates follow within --quota-interval and a progress report.
+    want_feed = expected_feed(sent + pushed, caps_of, APPS)
+    # (the pushed apps' newest windows are "ok", the others' busy last phase "exceeded")
+    assert {state for _, _, state in want_feed.values()} >= {"ok", "exceeded"}
+    deadline = time.monotonic() + 60
+    while (feed := d.quota_feed()) and time.monotonic() < deadline:
+        if feed_view(feed) == want_feed:
+            break
+        time.sleep(0.5)
+    got_feed = feed_view(feed)
+    assert got_feed == want_feed, sorted(
+        (k, got_feed.get(k), want_feed.get(k))
+        for k in set(got_feed) | set(want_feed)
+        if got_feed.get(k) != want_feed.get(k)
+    )[:8]
+    for q in feed.values():
+        assert q is not None
+        assert q["remaining"] == max(0, q["limit"] - q["used"])
+        assert q["reset_at"] == q["window"]["end"]
     worker.stop()
+
+
+def feed_view(feed: dict[str, dict[str, Any] | None]) -> dict[str, tuple[int, int, str]]:
+    """(window start, used, state) of each key of the quota feed."""
+    return {
+        k: (ms(v["window"]["start"].replace("Z", "+00:00")), v["used"], v["state"])
+        for k, v in feed.items()
+        if v is not None
+    }
 
 
 def test_an_unknown_app_claiming_several_orgs_is_counted_exactly(

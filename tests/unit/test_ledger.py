@@ -3,142 +3,35 @@ amendments, compaction, the history horizon."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from meter.core.events import ApiCall
-from meter.core.ledger import Applied, LedgerSettings, PartitionLedger, Pending
-from meter.core.ledger.records import IdBlock, WindowSlot, decode
-from meter.core.outputs import ALERTS, DEAD_LETTERS, WINDOWS
+from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
+from meter.core.ledger.records import IdBlock, decode
+from meter.core.outputs import ALERTS, DEAD_LETTERS, QUOTA
 from meter.core.policy import Policy, load_policy
-
-T0 = 1_640_995_200_000  # 2022-01-01T00:00:00Z
-MIN = 60_000
-DAY = 24 * 60 * MIN
-NOW = 1_700_000_000_000
-
-POLICY: dict[str, Any] = {
-    "tiers": {
-        "std": {
-            "caps": [
-                {"id": "calls-15m", "metric": "calls", "window": "15m", "limit": 10},
-            ]
-        }
-    },
-    "orgs": {
-        "acme": {
-            "name": "Acme",
-            "caps": [
-                {
-                    "id": "records-1h",
-                    "metric": "records",
-                    "window": "1h",
-                    "limit": 100,
-                    "status": ["2xx"],
-                }
-            ],
-        },
-        "gov-ok": {"name": "Notified", "government_notice": "2021-01-01"},
-    },
-    "apps": {
-        "a1": {"org": "acme", "tier": "std"},
-        "a2": {"org": "acme", "tier": "std"},
-        "g1": {"org": "gov-ok", "tier": "std"},
-    },
-    "restricted_uses": [{"recipient": "government", "requires": "notice"}],
-}
-
-
-class JsonStore:
-    """A dict store that serialises like the real one, so no object is shared with the ledger."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-        self.puts = 0
-        self.fail_after: int | None = None
-
-    def get(self, key: str) -> list[Any] | None:
-        raw = self.data.get(key)
-        return None if raw is None else json.loads(raw)
-
-    def put(self, key: str, value: list[Any]) -> None:
-        if self.fail_after is not None and self.puts >= self.fail_after:
-            raise RuntimeError("crash")
-        self.puts += 1
-        self.data[key] = json.dumps(value)
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-    def items(self) -> list[tuple[str, list[Any]]]:
-        return [(k, json.loads(v)) for k, v in self.data.items()]
-
-
-def ev(i: str, minute: float, app: str = "a1", records: int = 0, **kw: Any) -> ApiCall:
-    return ApiCall(id=i, time_ms=T0 + int(minute * MIN), app_id=app, records=records, **kw)
+from tests.harness.ledger import (
+    DAY,
+    MIN,
+    NOW,
+    POLICY,
+    T0,
+    JsonStore,
+    alerts_of,
+    ev,
+    new_ledger,
+    progress,
+    run,
+    slot,
+    stored_outbox,
+    windows_of,
+)
 
 
 @pytest.fixture
 def policy() -> Policy:
     return load_policy(POLICY)
-
-
-def new_ledger(policy: Policy, store: JsonStore, **settings: int) -> PartitionLedger:
-    s = LedgerSettings(grace_ms=settings.pop("grace_ms", MIN), **settings)  # type: ignore[arg-type]
-    return PartitionLedger(0, policy, s, store)
-
-
-def run(
-    ledger: PartitionLedger,
-    offset: int,
-    events: list[ApiCall],
-    now: int = NOW,
-    ingest: int | None = None,
-) -> Applied:
-    """Apply one record and flush, as the worker does before publishing and committing. The
-    record reached Kafka at `ingest` (default: `now`)."""
-    applied = ledger.apply(offset, events, now, now if ingest is None else ingest)
-    ledger.flush()
-    return applied
-
-
-def progress(
-    ledger: PartitionLedger,
-    offset: int,
-    minute: float | None,
-    *,
-    idle: bool = False,
-    stamp: int = NOW,
-    source: int = 0,
-    partitions: int = 1,
-) -> Applied:
-    """A router's report that input partition `source` has reached `minute` (after T0)."""
-    wm = None if minute is None else T0 + int(minute * MIN)
-    applied = ledger.report(offset, partitions, stamp, {source: (wm, idle)}, NOW)
-    ledger.flush()
-    return applied
-
-
-def slot(store: JsonStore, stype: str, subject: str, window: str, start_min: int) -> WindowSlot:
-    raw = store.get(f"s|{stype}|{subject}|{window}|{T0 + start_min * MIN}")
-    assert raw is not None
-    found = decode(raw)
-    assert isinstance(found, WindowSlot)
-    return found
-
-
-def alerts_of(pending: list[Pending]) -> list[dict[str, Any]]:
-    return [p.record.value for p in pending if p.record.kind == ALERTS]
-
-
-def windows_of(pending: list[Pending]) -> list[dict[str, Any]]:
-    return [p.record.value for p in pending if p.record.kind == WINDOWS]
-
-
-def stored_outbox(store: JsonStore) -> list[Pending]:
-    return [Pending(k, o) for k, raw in store.items() for o in getattr(decode(raw), "outbox", ())]
 
 
 def test_counts_per_app_and_org_in_every_window(policy: Policy) -> None:
@@ -225,8 +118,12 @@ def test_crash_at_every_point_of_a_flush_then_replay_is_exact(policy: Policy) ->
         fired = [(a["cap"], a["threshold"]) for a in alerts_of(outbox)]
         # each alert either survived in an outbox from before the crash or fired now: never both
         assert sorted(fired) == sorted(expected_alerts), crash_after
-        stored = {p.record.id for p in stored_outbox(store)}
+        stored = {p.record.id for p in stored_outbox(store) if p.record.kind == ALERTS}
         assert stored == {a["id"] for a in alerts_of(outbox)}, crash_after
+        # the feed's newest record of each cap, pending or sent again, tells the final usage
+        feed = {p.record.key: p.record.value for p in outbox if p.record.kind == QUOTA}
+        assert feed["app:a1|tier:std:calls-15m"]["used"] == 10, crash_after
+        assert feed["org:acme|org:acme:records-1h"]["used"] == 94, crash_after
 
 
 def test_repeated_ids_are_counted_once(policy: Policy) -> None:
@@ -398,7 +295,7 @@ def test_past_the_late_horizon_a_window_keeps_its_totals_and_revisions(policy: P
 def test_events_past_the_history_horizon_are_dead_lettered(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store, late_horizon_ms=30 * MIN, history_horizon_ms=DAY)
-    run(ledger, 0, [ev("a", 1)])
+    ledger.acknowledge(run(ledger, 0, [ev("a", 1)]).outbox)
     ledger.acknowledge(progress(ledger, 1, 3 * 24 * 60).outbox)  # three days on: closed...
     progress(ledger, 2, 3 * 24 * 60 + 2)  # ... and, once published, forgotten
     assert not any(k.startswith("s|app|a1|15m|") for k in store.data)
@@ -426,8 +323,8 @@ def test_closed_windows_and_old_ids_are_removed_after_their_horizons(policy: Pol
         history_horizon_ms=60 * MIN,
         dedup_horizon_ms=10 * MIN,
     )
-    run(ledger, 0, [ev("a", 1)], ingest=NOW)
-    run(ledger, 1, [ev("b", 200)], ingest=NOW + 5 * MIN)
+    ledger.acknowledge(run(ledger, 0, [ev("a", 1)], ingest=NOW).outbox)
+    ledger.acknowledge(run(ledger, 1, [ev("b", 200)], ingest=NOW + 5 * MIN).outbox)
     closing = progress(ledger, 2, 200)  # closes and compacts everything from minute 1
     assert any(k.startswith("s|") and k.endswith(f"|{T0}") for k in store.data)
     ledger.acknowledge(closing.outbox)
@@ -473,9 +370,9 @@ def test_unsent_outbox_survives_and_is_returned_by_bootstrap(policy: Policy) -> 
     store = JsonStore()
     ledger = new_ledger(policy, store)
     out = run(ledger, 0, [ev(f"e{i}", 1) for i in range(8)]).outbox
-    assert len(out) == 1
+    assert [p.record.kind for p in out] == [ALERTS, QUOTA, QUOTA]  # the 80% alert; app, org caps
     recovered = new_ledger(policy, store).bootstrap(store.items())
-    assert [p.record.id for p in recovered] == [out[0].record.id]
+    assert sorted(p.record.id for p in recovered) == sorted(p.record.id for p in out)
     ledger.acknowledge(out)
     assert new_ledger(policy, store).bootstrap(store.items()) != []  # not flushed yet
     ledger.flush()

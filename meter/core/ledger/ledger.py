@@ -23,9 +23,11 @@ from meter.core.ledger.dedup import IdMemory
 from meter.core.ledger.lifecycle import Horizons, Schedule
 from meter.core.ledger.outbox import Pending, too_late, window_record
 from meter.core.ledger.progress import SourceState
+from meter.core.ledger.quota import QuotaFeed, quota_record, stale_keys, tombstone
 from meter.core.ledger.records import DayMarker, IdBlock, PartitionMeta, WindowSlot, decode
 from meter.core.ledger.tally import Context, Stats, Tally
-from meter.core.policy import Policy
+from meter.core.outputs import QUOTA
+from meter.core.policy import Cap, Policy
 
 _RETRY_MS = 60_000
 """A record whose outbox is not yet published is looked at again this much event time later."""
@@ -47,6 +49,8 @@ class LedgerSettings:
     """Per-recipient entries per window (restricted-use recipients always have their own)."""
     source_topic: str = "routed"
     """The routed topic's name, for the dead letters the ledger writes."""
+    quota_interval_ms: int = 1_000
+    """While a cap's usage only moves, the quota feed sends at most one update per this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ class PartitionLedger:
             settings.max_endpoints, settings.max_recipients,
         )  # fmt: skip
         self.meta = PartitionMeta(partition)
+        self.feed = QuotaFeed(settings.quota_interval_ms)
         self._meta_key = f"w|{partition}"
         self.durable_offset: int | None = None
         """Every record up to this offset is in the store, in every key it touched."""
@@ -141,6 +146,7 @@ class PartitionLedger:
                 if not record.closed:
                     schedule.close_at(h.close_due(record.end_ms), key)
                     self._track_usage(record)
+                    self.feed.refresh(key, record, self.tally.window_caps(record))
                 elif not record.compact:
                     schedule.expire_at(h.compact_due(record.end_ms), key)
                 else:
@@ -149,7 +155,22 @@ class PartitionLedger:
                 schedule.expire_at(h.forget_due(record.day_ms + DAY_MS), key)
             if not isinstance(record, IdBlock):
                 pending.extend(Pending(key, o) for o in record.outbox)
+        pending += self._retire_quota_keys()
         return pending
+
+    def _retire_quota_keys(self) -> list[Pending]:
+        """Tombstones for the feed keys of caps the policy no longer has."""
+        meta = self.meta
+        stale = stale_keys(meta.quota_keys, self.policy)
+        out = []
+        for key in stale:
+            meta.quota_keys.discard(key)
+            gone = tombstone(key, meta.last_offset, 0)
+            meta.outbox.append(gone)
+            out.append(Pending(self._meta_key, gone))
+        if stale:
+            self.state.put(self._meta_key, meta)
+        return out
 
     def acknowledge(self, sent: Iterable[Pending]) -> None:
         """Drop confirmed records from their keys' outboxes."""
@@ -216,6 +237,7 @@ class PartitionLedger:
             return Applied([], Stats())
         moved = self.meta.progress.report(partitions, stamp_ms, states)
         outbox = self._advance(now_ms) if moved else []
+        outbox += self._quota_due(now_ms)
         self.state.put(self._meta_key, self.meta)
         return Applied(outbox, Stats())
 
@@ -280,9 +302,34 @@ class PartitionLedger:
                 slot.outbox.append(record)
                 ctx.outbox.append(Pending(key, record))
             slot.offset = ctx.offset
-            self.state.put(key, slot)
             if not slot.closed:
                 self._track_usage(slot)
+                caps = self.tally.window_caps(slot)
+                for cap in self.feed.observe(key, slot, caps, ctx.now_ms):
+                    ctx.outbox.append(self._quota(key, slot, cap, ctx.now_ms))
+            self.state.put(key, slot)
+
+    # -- quota feed ----------------------------------------------------------------------------
+    def _quota(self, key: str, slot: WindowSlot, cap: Cap, now_ms: int) -> Pending:
+        """The feed's record of `cap` into the slot's outbox, replacing one not yet sent."""
+        record = quota_record(slot, cap, slot.offset, now_ms, self.close_wm)
+        slot.outbox = [o for o in slot.outbox if o.kind != QUOTA or o.key != record.key]
+        slot.outbox.append(record)
+        self.meta.quota_keys.add(record.key)
+        return Pending(key, record)
+
+    def _quota_due(self, now_ms: int) -> list[Pending]:
+        """Coalesced feed updates whose interval has passed (see `meter.core.ledger.quota`)."""
+        out = []
+        for slot_key, cap_key in self.feed.due(now_ms):
+            slot = self.state.get(slot_key)
+            if not isinstance(slot, WindowSlot):
+                continue
+            cap = next((c for c in self.tally.window_caps(slot) if c.key == cap_key), None)
+            if cap is not None:
+                out.append(self._quota(slot_key, slot, cap, now_ms))
+                self.state.put(slot_key, slot)
+        return out
 
     # -- watermarks ----------------------------------------------------------------------------
     def _advance(self, now_ms: int) -> list[Pending]:

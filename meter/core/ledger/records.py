@@ -124,16 +124,20 @@ class PartitionMeta:
     ingest_ms: int | None = None
     progress: Progress = field(default_factory=Progress)
     outbox: list[Outbound] = field(default_factory=list)
+    quota_keys: set[str] = field(default_factory=set)
+    """Keys this partition has written to the quota feed (a cap that leaves the policy gets a
+    tombstone)."""
 
     def encode(self) -> Encoded:
         return [
             "w", self.partition, self.last_offset, self.ingest_ms, self.progress.encode(),
-            _outbox(self.outbox),
+            _outbox(self.outbox), sorted(self.quota_keys),
         ]  # fmt: skip
 
     @classmethod
     def decode(cls, v: Encoded) -> PartitionMeta:
-        return cls(v[1], v[2], v[3], Progress.decode(v[4]), _outbound(v[5]))
+        keys = set(v[6]) if len(v) > 6 else set()
+        return cls(v[1], v[2], v[3], Progress.decode(v[4]), _outbound(v[5]), keys)
 
 
 Record = WindowSlot | DayMarker | IdBlock | PartitionMeta
