@@ -114,6 +114,13 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
         producer_acks=-1,
         producer_max_request_size=1_048_576,
         web_enabled=True,
+        # Only /metrics, /healthz and /readyz: faust's own pages would show raw ledger state
+        # (/table), the partition map (/router) and internals to anyone reaching the port.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         web_bind=s.web_host,
         web_host=s.web_host,
         web_port=s.web_port,

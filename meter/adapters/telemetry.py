@@ -155,7 +155,9 @@ class Telemetry:
                 self.windows.labels("final" if v["revision"] == 0 else "amendment").inc()
 
     def install(self, app: Any, observed: Observed) -> None:
-        """Serve `/metrics` on the faust app's web server, with gauges read from `observed`."""
+        """Serve `/metrics` on the faust app's web server, with gauges read from `observed`, and
+        the health checks: `/healthz` (the event loop answers) and `/readyz` (200 once the
+        worker is counting; 503 with the reasons while it is not)."""
         from aiohttp import web  # noqa: PLC0415 - only with the faust web server
 
         registry = self.registry
@@ -166,6 +168,16 @@ class Telemetry:
             return web.Response(
                 body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
+
+        @app.page("/healthz")  # type: ignore[untyped-decorator]
+        async def healthz(web_view: Any, request: Any) -> Any:
+            return web.json_response({"status": "ok"})
+
+        @app.page("/readyz")  # type: ignore[untyped-decorator]
+        async def readyz(web_view: Any, request: Any) -> Any:
+            waiting = observed.not_ready()
+            body = {"status": "waiting" if waiting else "ready", "waiting_for": waiting}
+            return web.json_response(body, status=503 if waiting else 200)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,9 @@ class Observed(Protocol):
     def partition_states(self) -> Iterable[PartitionState]: ...
     def consumer_lag(self) -> Mapping[tuple[str, int], int]: ...
     def now(self) -> float: ...
+    def not_ready(self) -> list[str]:
+        """Why the worker is not counting yet (empty: it is)."""
+        ...
 
 
 class WorkerCollector(Collector):

@@ -105,6 +105,18 @@ class MeterWorker:
     def partition_states(self) -> Iterable[PartitionState]:
         return self.counter.partition_states()
 
+    def not_ready(self) -> list[str]:
+        app = self.app
+        reasons = []
+        if self.router.consumer is None:
+            reasons.append("router not started")
+        if app.rebalancing:
+            reasons.append("consumer group rebalancing")
+        recovery = getattr(app.tables, "recovery", None)  # faust's TableManager has one
+        if app.in_recovery or recovery is None or not recovery.completed.is_set():
+            reasons.append("restoring state from the changelog")
+        return reasons
+
     def consumer_lag(self) -> Mapping[tuple[str, int], int]:
         """Records not yet read per assigned partition, of the input and the routed topic (best
         effort: it reads aiokafka's and faust's bookkeeping)."""

@@ -314,8 +314,9 @@ def test_probes_ports_services_and_scraping_agree() -> None:
     assert port == DEFAULT_WEB_PORT
     named = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert named["web"] == port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/metrics", "port": "web"}, probe
+    paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for probe, path in paths.items():
+        assert c[probe]["httpGet"] == {"path": path, "port": "web"}, probe
     labels = sts["spec"]["template"]["metadata"]["labels"]
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
