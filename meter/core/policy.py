@@ -200,7 +200,7 @@ def _cap_row(cap: Cap) -> tuple[str, ...]:
         cap.key,
         cap.metric,
         cap.window.name,
-        f"{cap.limit:,}",
+        f"{cap.limit:,}" + (" (soft)" if cap.enforcement == "soft" else ""),
         thresholds,
         "; ".join(filters) or "all",
     )

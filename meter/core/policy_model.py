@@ -10,6 +10,7 @@ from meter.core.windows import WindowSpec
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "ENFORCEMENTS",
     "LEVELS",
     "METRICS",
     "REQUIREMENTS",
@@ -25,6 +26,8 @@ __all__ = [
 LEVELS = ("app", "org")
 METRICS = ("calls", "records")
 REQUIREMENTS = ("notice",)
+ENFORCEMENTS = ("hard", "soft")
+"""hard: a gateway denies calls while the cap is exceeded; soft: it only reports and alerts."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -54,6 +57,7 @@ class Cap:
     thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
     endpoints: frozenset[str] | None = None
     statuses: tuple[tuple[int, int], ...] | None = None
+    enforcement: str = "hard"
     _exact: frozenset[str] = field(init=False, repr=False, compare=False)
     _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
@@ -66,6 +70,8 @@ class Cap:
             raise ValueError(f"cap {self.key}: limit must be a positive int, got {self.limit!r}")
         if not self.thresholds:
             raise ValueError(f"cap {self.key}: needs at least one threshold")
+        if self.enforcement not in ENFORCEMENTS:
+            raise ValueError(f"cap {self.key}: enforcement must be one of {ENFORCEMENTS}")
         object.__setattr__(self, "thresholds", tuple(sorted(self.thresholds)))
         endpoints = self.endpoints or frozenset()
         # Exact entries are a set lookup; prefixes feed one str.startswith(tuple) call.

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from meter.core.errors import PolicyError
 from meter.core.policy_model import (
     DEFAULT_THRESHOLDS,
+    ENFORCEMENTS,
     METRICS,
     REQUIREMENTS,
     App,
@@ -44,7 +45,7 @@ ALLOWED_FIELDS: Mapping[str, tuple[str, ...]] = {
     "tier": ("caps",),
     "org": ("name", "government_notice", "caps"),
     "app": ("org", "tier", "name", "caps"),
-    "cap": ("id", "metric", "window", "limit", "thresholds", "endpoints", "status"),
+    "cap": ("id", "metric", "window", "limit", "thresholds", "endpoints", "status", "enforcement"),
     "threshold": ("at", "severity"),
     "restricted_use": ("recipient", "requires", "severity"),
 }
@@ -230,6 +231,11 @@ def _cap(value: object, path: str, scope: str, scope_id: str, level: str) -> Cap
     thresholds = body.get("thresholds")
     endpoints = body.get("endpoints")
     statuses = body.get("status")
+    enforcement = body.get("enforcement", "hard")
+    if enforcement not in ENFORCEMENTS:
+        raise PolicyError(
+            f"{path}.enforcement", f"must be one of {', '.join(ENFORCEMENTS)}, got {enforcement!r}"
+        )
     return Cap(
         id=cap_id,
         key=f"{scope}:{scope_id}:{cap_id}",
@@ -242,6 +248,7 @@ def _cap(value: object, path: str, scope: str, scope_id: str, level: str) -> Cap
         thresholds=DEFAULT_THRESHOLDS
         if thresholds is None
         else parse_thresholds(thresholds, f"{path}.thresholds"),
+        enforcement=str(enforcement),
     )
 
 

@@ -458,6 +458,8 @@ ERRORS: list[tuple[str, Mutation, str, str]] = [
      "low to high"),
     ("status-scalar", _set(*O0, "status", "2xx"), "orgs.microsoft.caps[0].status",
      "must be a list"),
+    ("enforcement", _set(*O0, "enforcement", "strict"), "orgs.microsoft.caps[0].enforcement",
+     "must be one of hard, soft, got 'strict'"),
     ("endpoint-empty", _set(*O0, "endpoints", [""]), "orgs.microsoft.caps[0].endpoints[0]",
      "non-empty string"),
     ("endpoint-star", _set(*O0, "endpoints", ["/2/*/search"]),
@@ -506,6 +508,14 @@ def test_policy_errors_name_the_field(mutate: Mutation, path: str, message: str)
         load_policy(doc)
     assert caught.value.path == path
     assert message in caught.value.message
+
+
+def test_caps_are_enforced_hard_unless_soft() -> None:
+    doc = base_doc()
+    doc["orgs"]["microsoft"]["caps"][0]["enforcement"] = "soft"
+    policy = load_policy(doc)
+    assert [c.enforcement for c in policy.org_caps("microsoft")] == ["soft"]
+    assert {c.enforcement for c in policy.app_caps("bing-pages")} == {"hard"}
 
 
 @pytest.mark.parametrize("document", [None, [], "version: 1", 5])

@@ -54,6 +54,7 @@ def quota_record(
         "endpoints": sorted(cap.endpoints) if cap.endpoints else None,
         "window": window_json(slot.window, slot.start_ms, slot.end_ms),
         "limit": cap.limit,
+        "enforcement": cap.enforcement,
         "used": used,
         "remaining": max(0, cap.limit - used),
         "utilization": round(used / cap.limit, 6),
