@@ -93,6 +93,10 @@ class Cap:
                     break
             else:
                 return False
+        return self.matches_endpoint(endpoint)
+
+    def matches_endpoint(self, endpoint: str | None) -> bool:
+        """Whether a call to `endpoint` can count towards the cap (before its status is known)."""
         if self.endpoints is None:
             return True
         if endpoint is None:
