@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from meter.adapters.broker import BROKER_OPTIONS, kafka_bootstrap
 from meter.adapters.policy_file import read_policy
 from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings, add_sink_arguments
+from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings
 from meter.config import WORKER_OPTIONS, WorkerSettings, add_arguments, markdown_table
 from meter.demo import add_demo_parser
 from meter.sim.command import add_simulate_parser
@@ -34,11 +35,19 @@ def cmd_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return run_worker(settings, policy, bootstrap, verbose=bool(args.verbose), sinks=sinks)
 
 
+def cmd_store(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from meter.adapters.store.service import run_store  # noqa: PLC0415 - imports the clients
+
+    settings = StoreSettings.load(vars(args), env)
+    return run_store(settings, kafka_bootstrap(settings.bootstrap, env))
+
+
 def cmd_settings(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Every setting with its flag, variable and default, as the README's tables."""
     for title, options in (
         ("meter worker", WORKER_OPTIONS),
         ("alert sinks (meter worker)", SINK_OPTIONS),
+        ("meter store", STORE_OPTIONS),
         ("meter kafka", BROKER_OPTIONS),
     ):
         print(f"### {title}\n\n{markdown_table(options)}\n")
@@ -57,9 +66,21 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(handler=cmd_worker)
 
 
+def _add_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "store",
+        help="store window totals and alerts in SQLite or PostgreSQL, exactly once",
+        description="Read the window totals and alerts topics into a database (SQLite file or "
+        "postgresql:// URL) for the API and reports. Stops cleanly on SIGTERM or Ctrl-C.",
+    )
+    add_arguments(p, STORE_OPTIONS)
+    p.set_defaults(handler=cmd_store)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the worker and policy commands to the `meter` parser."""
     _add_worker(sub)
+    _add_store(sub)
     pol = sub.add_parser("policy", help="work with policy files")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = pol_sub.add_parser("check", help="validate a policy file and print its effective caps")

@@ -10,12 +10,18 @@ import pytest
 
 from meter.adapters.broker import BROKER_OPTIONS
 from meter.adapters.sinks.settings import SINK_OPTIONS
+from meter.adapters.store.settings import STORE_OPTIONS
 from meter.cli import build_parser
 from meter.config import WORKER_OPTIONS, Option, WorkerSettings, markdown_table
 from meter.core.errors import ConfigError
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-GROUPS = {"worker": WORKER_OPTIONS, "sinks": SINK_OPTIONS, "kafka": BROKER_OPTIONS}
+GROUPS = {
+    "worker": WORKER_OPTIONS,
+    "sinks": SINK_OPTIONS,
+    "kafka": BROKER_OPTIONS,
+    "store": STORE_OPTIONS,
+}
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -40,7 +46,11 @@ def test_a_documented_default_is_the_real_default(option: Option) -> None:
 def test_every_option_is_a_flag_of_its_command_that_names_its_variable() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for command, options in (("worker", WORKER_OPTIONS + SINK_OPTIONS), ("kafka", BROKER_OPTIONS)):
+    for command, options in (
+        ("worker", WORKER_OPTIONS + SINK_OPTIONS),
+        ("kafka", BROKER_OPTIONS),
+        ("store", STORE_OPTIONS),
+    ):
         text = " ".join(sub.choices[command].format_help().split())
         for o in options:
             assert o.flag in text, (command, o.flag)
