@@ -163,10 +163,11 @@ def subject_caps(
 ) -> list[CapNow]:
     """Every cap of the subject in the policy, at `now_ms`."""
     org = org_of(policy, subject_type, subject)
-    return [
-        cap_now(cap, subject_type, subject, org, feed.record(subject_type, subject, cap.key), now_ms)
-        for cap in caps_of(policy, subject_type, subject)
-    ]
+    out = []
+    for cap in caps_of(policy, subject_type, subject):
+        record = feed.record(subject_type, subject, cap.key)
+        out.append(cap_now(cap, subject_type, subject, org, record, now_ms))
+    return out
 
 
 def worst_state(caps: Iterable[CapNow]) -> str:
@@ -199,4 +200,3 @@ def check(
     violated = [c for c in drawn if c.blocking]
     retry = max((c.reset_in_s(now_ms) for c in violated), default=None)
     return Decision(not violated, drawn, violated, retry)
-
