@@ -1,5 +1,5 @@
-"""Sub-commands beyond the broker: `worker` and `policy check`. faust is imported lazily here so
-that `meter kafka` and `meter policy` stay light."""
+"""Sub-commands beyond the broker: `worker`, `store`, `api`, `policy check`, `settings`. faust
+and the clients are imported lazily here so that `meter kafka` and `meter policy` stay light."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import logging
 from collections.abc import Mapping
 
+from meter.adapters.api.settings import API_OPTIONS, ApiSettings
 from meter.adapters.broker import BROKER_OPTIONS, kafka_bootstrap
 from meter.adapters.policy_file import read_policy
 from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings, add_sink_arguments
@@ -42,12 +43,33 @@ def cmd_store(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return run_store(settings, kafka_bootstrap(settings.bootstrap, env))
 
 
+def cmd_api(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from meter.adapters.api.runner import run_api  # noqa: PLC0415 - imports the clients
+
+    settings = ApiSettings.load(vars(args), env)
+    policy = read_policy(settings.policy)
+    return run_api(settings, policy, kafka_bootstrap(settings.bootstrap, env))
+
+
+def cmd_api_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Make a bearer token: printed once, with the line that adds its digest to a tokens file."""
+    from meter.adapters.api.auth import digest, new_token, parse_scope  # noqa: PLC0415
+
+    parse_scope(args.scope, "--scope")
+    token = new_token()
+    print(f"token (shown once; give it to its holder): {token}")
+    print("add to the tokens file (--tokens-file / METER_API_TOKENS_FILE):")
+    print(f'  - {{name: {args.name}, scope: "{args.scope}", sha256: {digest(token)}}}')
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Every setting with its flag, variable and default, as the README's tables."""
     for title, options in (
         ("meter worker", WORKER_OPTIONS),
         ("alert sinks (meter worker)", SINK_OPTIONS),
         ("meter store", STORE_OPTIONS),
+        ("meter api", API_OPTIONS),
         ("meter kafka", BROKER_OPTIONS),
     ):
         print(f"### {title}\n\n{markdown_table(options)}\n")
@@ -77,10 +99,28 @@ def _add_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=cmd_store)
 
 
+def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "api",
+        help="serve current usage, checks for gateways and usage history over HTTP",
+        description="Serve the HTTP API: current usage and the check endpoint from the quota "
+        "feed, history and alerts from the usage store. Stops cleanly on SIGTERM or Ctrl-C. "
+        "`meter api token` makes a bearer token.",
+    )
+    add_arguments(p, API_OPTIONS)
+    p.set_defaults(handler=cmd_api)
+    actions = p.add_subparsers(dest="api_command", metavar="ACTION")
+    token = actions.add_parser("token", help="make a bearer token for the tokens file")
+    token.add_argument("--scope", required=True, help="admin, or org:<org id> (read-only)")
+    token.add_argument("--name", required=True, help="who holds it (shown in the log)")
+    token.set_defaults(handler=cmd_api_token)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the worker and policy commands to the `meter` parser."""
+    """Add the worker, store, api and policy commands to the `meter` parser."""
     _add_worker(sub)
     _add_store(sub)
+    _add_api(sub)
     pol = sub.add_parser("policy", help="work with policy files")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = pol_sub.add_parser("check", help="validate a policy file and print its effective caps")

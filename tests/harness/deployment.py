@@ -101,6 +101,32 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
+    def start_store(self, database: str, label: str = "store") -> WorkerProcess:
+        """Start `meter store` on this deployment's output topics."""
+        args = [
+            "store", "--database", database, "--bootstrap", self.bootstrap,
+            "--windows-topic", self.windows_topic, "--alerts-topic", self.alerts_topic,
+            "--group", self.group,
+        ]  # fmt: skip
+        store = WorkerProcess(args, self.workdir / f"{label}.log", 0, self.workdir / label)
+        self.workers.append(store)
+        return store
+
+    def start_api(
+        self, database: str, tokens_file: Path | None = None, label: str = "api"
+    ) -> WorkerProcess:
+        """Start `meter api` on this deployment's feed and `database`; its port is `web_port`."""
+        port = free_port()
+        args = [
+            "api", "--policy", str(self.policy), "--bootstrap", self.bootstrap,
+            "--quota-topic", self.quota_topic, "--database", database, "--port", str(port),
+        ]  # fmt: skip
+        if tokens_file is not None:
+            args += ["--tokens-file", str(tokens_file)]
+        api = WorkerProcess(args, self.workdir / f"{label}.log", port, self.workdir / label)
+        self.workers.append(api)
+        return api
+
     def running(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.alive()]
 

@@ -62,3 +62,5 @@ def test_the_schemas_reject_what_the_meter_never_sends() -> None:
     assert not check.is_valid({**quota, "state": "throttled"})
     assert not check.is_valid({k: v for k, v in quota.items() if k != "reset_at"})
     assert not check.is_valid({**quota, "reset_at": "tomorrow"})
+    assert not check.is_valid({**quota, "surprise": 1})
+    assert not check.is_valid({**quota, "seq": None})  # null only in the API's view

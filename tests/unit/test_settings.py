@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from meter.adapters.api.settings import API_OPTIONS
 from meter.adapters.broker import BROKER_OPTIONS
 from meter.adapters.sinks.settings import SINK_OPTIONS
 from meter.adapters.store.settings import STORE_OPTIONS
@@ -21,6 +22,7 @@ GROUPS = {
     "sinks": SINK_OPTIONS,
     "kafka": BROKER_OPTIONS,
     "store": STORE_OPTIONS,
+    "api": API_OPTIONS,
 }
 
 
@@ -50,6 +52,7 @@ def test_every_option_is_a_flag_of_its_command_that_names_its_variable() -> None
         ("worker", WORKER_OPTIONS + SINK_OPTIONS),
         ("kafka", BROKER_OPTIONS),
         ("store", STORE_OPTIONS),
+        ("api", API_OPTIONS),
     ):
         text = " ".join(sub.choices[command].format_help().split())
         for o in options:
