@@ -1,147 +1,50 @@
 """`meter demo`: the 2022 case end to end on this machine, checked against the ground truth.
 
-Starts the local broker unless one is configured, a worker with the bundled demo policy, replays
-a year of the eight-app organisation's traffic compressed into a couple of minutes, prints each
-alert as it fires, and ends with a comparison of the meter's outputs with the simulator's truth.
+Starts the local broker unless one is configured, a worker with the bundled demo policy, the
+usage store and the HTTP API; replays a year of the eight-app organisation's traffic compressed
+into a couple of minutes, prints each alert as it fires, and ends with a comparison of the
+meter's outputs, and of what the API answers from the store, with the simulator's truth.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
-
+from meter.adapters.api.settings import PORT as API_PORT
 from meter.adapters.broker import BrokerLayout, LocalBroker, port_open
 from meter.adapters.topics import TopicSpec, ensure_topics
 from meter.config import WEB_PORT, Option, add_arguments, default_state_dir, load, positive_int
 from meter.core.durations import MINUTE_MS
 from meter.core.errors import MeterError
+from meter.demo.api_check import check_api
+from meter.demo.watch import (
+    AlertTail,
+    all_closed,
+    answers,
+    metric,
+    metric_values,
+    out,
+    read_topic,
+)
 from meter.sim.compare import compare
 from meter.sim.truth import Truth, load_truth
 
-DEMO_POLICY = Path(__file__).resolve().parent / "examples" / "demo-2022.yaml"
+DEMO_POLICY = Path(__file__).resolve().parents[1] / "examples" / "demo-2022.yaml"
 GRACE = "60s"
 GRACE_MS = MINUTE_MS
 IDLE_TIMEOUT = "10s"
 """Once the replay has been sent, the input partitions go idle after this and every window
 closes; the simulator never pauses that long while it sends."""
 INPUT_PARTITIONS = 4
-
-
-def out(line: str) -> None:
-    """Demo output: one line, clearing a progress bar the simulator may have drawn."""
-    sys.stdout.write(f"\r\x1b[K{line}\n" if sys.stdout.isatty() else f"{line}\n")
-    sys.stdout.flush()
-
-
-def describe_alert(a: Mapping[str, Any]) -> str:
-    """One readable line per alert."""
-    when = str(a.get("crossed_at", ""))[:16].replace("T", " ")
-    who = f"{a['subject_type']} {a['subject']}"
-    sev = str(a.get("severity", "")).upper()
-    late = " (late)" if a.get("late") else ""
-    if a["kind"] == "cap":
-        pct = round(float(a["threshold"]) * 100)
-        window = a["window"]
-        return (
-            f"{when}  {sev:<8} {who} reached {pct}% of {a['cap']}: {a['used']:,}/{a['limit']:,} "
-            f"{a['metric']} in {window['size']} from {window['start'][:16].replace('T', ' ')}{late}"
-        )
-    if a["kind"] == "restricted_use":
-        return (
-            f"{when}  {sev:<8} {who}: app {a.get('app_id')} sent data to a "
-            f"{a.get('recipient')} recipient without a recorded notice{late}"
-        )
-    return f"{when}  {sev:<8} unknown app {a['subject']} is calling the API{late}"
-
-
-class AlertTail(threading.Thread):
-    """Reads the alerts topic while the demo runs, printing each alert once as it arrives."""
-
-    def __init__(self, bootstrap: str, topic: str, started: float) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.started = started
-        self.alerts: list[dict[str, Any]] = []
-        self.first_alert_s: float | None = None
-        """Seconds from the demo's start to the first alert on screen."""
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        consumer = KafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        try:
-            while not self.stopping.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
-                    for r in records:
-                        alert = json.loads(r.value)
-                        self.alerts.append(alert)
-                        out(describe_alert(alert))
-                        if self.first_alert_s is None:
-                            self.first_alert_s = time.monotonic() - self.started
-        finally:
-            consumer.close()
-
-
-def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
-    """Every JSON value on `topic`, read until nothing new arrives for `idle_s`."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    values: list[dict[str, Any]] = []
-    quiet_since = time.monotonic()
-    try:
-        while time.monotonic() - quiet_since < idle_s:
-            batch = consumer.poll(timeout_ms=500, max_records=10_000)
-            for records in batch.values():
-                values.extend(json.loads(r.value) for r in records)
-            if batch:
-                quiet_since = time.monotonic()
-    finally:
-        consumer.close()
-    return values
-
-
-def metric(url: str, name: str) -> float | None:
-    """The value of an unlabelled metric, None when the page or the metric is not there."""
-    values = metric_values(url, name)
-    return values[0] if values else None
-
-
-def metric_values(url: str, name: str) -> list[float] | None:
-    """Every series of metric `name` (labelled or not); None when the page cannot be read."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own loopback URL
-            text = resp.read().decode()
-    except OSError:
-        return None
-    pattern = rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$"
-    return [float(v) for v in re.findall(pattern, text, re.MULTILINE)]
-
-
-def all_closed(url: str, until_s: float) -> bool:
-    """Whether every partition's windows have closed up to `until_s` and every output is out."""
-    watermarks = metric_values(url, "meter_watermark_seconds")
-    pending = metric_values(url, "meter_outbox_pending_records")
-    return bool(watermarks) and min(watermarks or [0]) >= until_s and not any(pending or [1])
 
 
 @contextlib.contextmanager
@@ -169,7 +72,7 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     options = load(DEMO_OPTIONS, vars(args), env)
     started = time.monotonic()
     with kafka_for_demo(env) as bootstrap:
-        demo = Demo(bootstrap, env, options["calls"], options["web_port"])
+        demo = Demo(bootstrap, env, options["calls"], options["web_port"], options["port"])
         try:
             return demo.run(started)
         except KeyboardInterrupt:
@@ -180,15 +83,20 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 class Demo:
-    """One run: its topics and state under `var/demo/<run>/`, the worker, the alert tail."""
+    """One run: its topics and state under `var/demo/<run>/`, the worker, the usage store, the
+    API, the alert tail."""
 
-    def __init__(self, bootstrap: str, env: Mapping[str, str], calls: int, web_port: int) -> None:
+    def __init__(
+        self, bootstrap: str, env: Mapping[str, str], calls: int, web_port: int, api_port: int
+    ) -> None:
         run_id = time.strftime("%Y%m%d-%H%M%S")
         self.bootstrap = bootstrap
         self.calls = calls
         self.state = default_state_dir(env) / "demo" / run_id
-        self.names = {k: f"demo-{run_id}-{k}" for k in ("api-calls", "alerts", "windows", "dlq")}
+        kinds = ("api-calls", "alerts", "windows", "dlq", "quota")
+        self.names = {k: f"demo-{run_id}-{k}" for k in kinds}
         self.metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+        self.api_url = f"http://127.0.0.1:{api_port}"
         self.env = dict(
             os.environ,
             METER_KAFKA_BOOTSTRAP=bootstrap,
@@ -197,17 +105,24 @@ class Demo:
             METER_ALERTS_TOPIC=self.names["alerts"],
             METER_WINDOWS_TOPIC=self.names["windows"],
             METER_DLQ_TOPIC=self.names["dlq"],
+            METER_QUOTA_TOPIC=self.names["quota"],
+            METER_DATABASE=str(self.state / "meter.db"),
+            METER_API_PORT=str(api_port),
             METER_GROUP=f"meter-demo-{run_id}",
             METER_DATA_DIR=str(self.state / "worker"),
             METER_WEB_PORT=str(web_port),
             METER_GRACE=GRACE,
             METER_IDLE_TIMEOUT=IDLE_TIMEOUT,
         )
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.tail: AlertTail | None = None
 
     def run(self, started: float) -> int:
         self._start_worker()
+        self._start("store", "the usage store")
+        self._start("api", "the HTTP API")
+        self._wait(lambda: answers(f"{self.api_url}/readyz"), 120)
+        out(f"API at {self.api_url}  (try {self.api_url}/v1/orgs/microsoft/usage)")
         self.tail = AlertTail(self.bootstrap, self.names["alerts"], started)
         self.tail.start()
         truth = self._replay()
@@ -223,39 +138,51 @@ class Demo:
         self.tail.stopping.set()
         self.tail.join(timeout=10)
         result = compare(truth, windows, self.tail.alerts, grace_ms=GRACE_MS)
+        out("checking what the API answers from the usage store ...")
+        api = check_api(self.api_url, truth, len(self.tail.alerts), timeout_s=120)
         out("")
         for line in self._summary(truth.sent, len(windows), len(self.tail.alerts)):
             out(line)
+        out(
+            f"API        2022 month by month for {api.subjects} apps and organisations "
+            f"({api.rows} months with usage) and {api.alerts:,} alerts, from {self.api_url}: "
+            + ("as the truth says" if api.ok else f"MISMATCH: {api.detail}")
+        )
         out(result.summary())
-        out("the meter agrees with the ground truth" if result.ok else "MISMATCH")
-        return 0 if result.ok else 1
+        ok = result.ok and api.ok
+        out("the meter agrees with the ground truth" if ok else "MISMATCH")
+        return 0 if ok else 1
 
     def stop(self) -> None:
         """Stop what the demo started (the broker, if it started one, is stopped by the caller)."""
         if self.tail is not None:
             self.tail.stopping.set()
-        worker = self.worker
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
+        for proc in reversed(list(self.processes.values())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
             try:
-                worker.wait(timeout=60)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
-    def _start_worker(self) -> None:
-        ensure_topics(self.bootstrap, [TopicSpec(self.names["api-calls"], INPUT_PARTITIONS)])
+    def _start(self, command: str, what: str) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
-        log_path = self.state / "worker.log"
+        log_path = self.state / f"{command}.log"
         with log_path.open("wb") as log:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "meter.cli", "worker"],
+            self.processes[command] = subprocess.Popen(
+                [sys.executable, "-m", "meter.cli", command],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        out(f"worker started (log {log_path}); metrics at {self.metrics_url}")
+        out(f"{what} started (log {log_path})")
+
+    def _start_worker(self) -> None:
+        ensure_topics(self.bootstrap, [TopicSpec(self.names["api-calls"], INPUT_PARTITIONS)])
+        self._start("worker", f"worker; metrics at {self.metrics_url}")
         self._wait(lambda: metric(self.metrics_url, "meter_events_total") is not None, 120)
 
     def _replay(self) -> Truth | None:
@@ -282,9 +209,12 @@ class Demo:
     def _wait(self, check: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not check():
-            worker = self.worker
-            if worker is not None and worker.poll() is not None:
-                raise MeterError(f"the worker exited with status {worker.returncode}; see its log")
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise MeterError(
+                        f"the {name} exited with status {proc.returncode}; see "
+                        f"{self.state / (name + '.log')}"
+                    )
             if time.monotonic() > deadline:
                 raise MeterError("timed out waiting for the worker")
             time.sleep(0.5)
@@ -316,6 +246,7 @@ DEMO_OPTIONS: tuple[Option, ...] = (
     Option("--calls", 200_000, positive_int, "calls to replay", "`200000`",
            var="METER_DEMO_CALLS"),
     WEB_PORT,
+    API_PORT,
 )  # fmt: skip
 
 
