@@ -82,16 +82,18 @@ def policy(apps: int, per_app: int) -> str:
 
 
 def events(apps: int, per_app: int, seed: int) -> list[bytes]:
+    """Every app's calls at random times over two days, sent in time order (as gateways do)."""
     rng = random.Random(seed)
-    out = []
-    for a in range(apps):
-        for i in range(per_app):
-            out.append(json.dumps({
-                "id": f"e-{a}-{i}", "app_id": f"app-{a}", "records": rng.randrange(50),
-                "time": START_MS + rng.randrange(2 * DAY_MS), "endpoint": rng.choice(ENDPOINTS),
-            }).encode())  # fmt: skip
-    rng.shuffle(out)
-    return out
+    calls = sorted(
+        (START_MS + rng.randrange(2 * DAY_MS), a, i) for a in range(apps) for i in range(per_app)
+    )
+    return [
+        json.dumps({
+            "id": f"e-{a}-{i}", "app_id": f"app-{a}", "records": rng.randrange(50), "time": t,
+            "endpoint": rng.choice(ENDPOINTS),
+        }).encode()
+        for t, a, i in calls
+    ]  # fmt: skip
 
 
 def produce(bootstrap: str, topic: str, values: Sequence[bytes]) -> None:
