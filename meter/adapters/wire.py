@@ -1,11 +1,14 @@
 """Wire formats between the worker's two stages, and of the dead-letter topic.
 
-A routed record is one of:
-- events: already validated events of one organisation, as compact JSON arrays, with their
-  ingest time (the newest timestamp of the input records they came from);
-- a progress report: what one router knows of each input partition it reads, sent to every
-  routed partition after the events it covers (`meter.core.ledger.progress`);
-- a tick (`{"tick":1}`), a control record of earlier versions.
+A routed record is a msgpack array, one of:
+- events `["e", [event, ...], ingest_ms, levels]`: already validated events of one organisation
+  (each an array of `ApiCall`'s fields in order), with their ingest time (the newest timestamp of
+  the input records they came from) and their subject levels (or nil);
+- a progress report `["p", partitions, stamp_ms, {input partition: [watermark, idle]}]`: what one
+  router knows of each input partition it reads, sent to every routed partition after the events
+  it covers (`meter.core.ledger.progress`).
+Records of earlier versions are JSON objects (`{"e": ...}`, `{"p": ...}` and the tick
+`{"tick":1}`); they are still read, so a routed topic written before an upgrade drains.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 from typing import NamedTuple
+
+import msgspec
 
 from meter.core.events import ApiCall, Rejection
 
@@ -45,10 +50,24 @@ class Report(NamedTuple):
     sources: dict[int, tuple[int | None, bool]]
 
 
+class _Events(msgspec.Struct, array_like=True, tag="e"):
+    events: list[ApiCall]
+    ingest_ms: int | None
+    levels: list[str | None] | None = None
+
+
+class _Report(msgspec.Struct, array_like=True, tag="p"):
+    partitions: int
+    stamp_ms: int
+    sources: dict[int, tuple[int | None, bool]]
+
+
+_ENCODE = msgspec.msgpack.Encoder().encode
+_DECODE = msgspec.msgpack.Decoder(_Events | _Report).decode
+
+
 def encode_report(report: Report) -> bytes:
-    sources = {str(p): [wm, int(idle)] for p, (wm, idle) in report.sources.items()}
-    doc = {"p": {"n": report.partitions, "t": report.stamp_ms, "s": sources}}
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _ENCODE(_Report(report.partitions, report.stamp_ms, dict(report.sources)))
 
 
 class Routed(NamedTuple):
@@ -79,28 +98,22 @@ def encode_routed_chunks(
 def encode_routed(
     events: Sequence[ApiCall], ingest_ms: int, levels: Sequence[str | None] | None = None
 ) -> bytes:
-    rows = [
-        [
-            e.id,
-            e.time_ms,
-            e.app_id,
-            e.org_id,
-            e.endpoint,
-            e.records,
-            e.status,
-            e.recipient,
-            e.user_id,
-        ]
-        for e in events
-    ]
-    doc: dict[str, object] = {"e": rows, "i": ingest_ms}
-    if levels is not None and any(level is not None for level in levels):
-        doc["l"] = list(levels)
-    return json.dumps(doc, separators=(",", ":")).encode()
+    kept = list(levels) if levels is not None and any(lv is not None for lv in levels) else None
+    return _ENCODE(_Events(list(events), ingest_ms, kept))
 
 
 def decode_routed(value: bytes) -> Routed | Report | None:
     """A routed record's events and ingest time, or a progress report; None for a tick."""
+    if value[:1] == b"{":
+        return _decode_json(value)
+    found = _DECODE(value)
+    if isinstance(found, _Events):
+        return Routed(found.events, found.ingest_ms, found.levels)
+    return Report(found.partitions, found.stamp_ms, found.sources)
+
+
+def _decode_json(value: bytes) -> Routed | Report | None:
+    """A routed record of an earlier version (JSON)."""
     doc = json.loads(value)
     rows = doc.get("e")
     if rows is not None:

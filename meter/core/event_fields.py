@@ -8,14 +8,6 @@ from datetime import UTC, datetime, timedelta
 from meter.core.calls import MAX_RECORDS, MAX_TIME_MS, ApiCall
 from meter.core.errors import EventError
 
-_SLOT_NAMES = (
-    "id", "time_ms", "app_id", "org_id", "endpoint", "records", "status", "recipient", "user_id",
-)  # fmt: skip
-_new = object.__new__
-(
-    _set_id, _set_time, _set_app, _set_org, _set_endpoint,
-    _set_records, _set_status, _set_recipient, _set_user,
-) = (ApiCall.__dict__[name].__set__ for name in _SLOT_NAMES)  # fmt: skip
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _TIME_HINT = "an RFC 3339 string with a zone (e.g. 2022-03-01T12:00:00Z) or integer epoch ms"
@@ -175,17 +167,7 @@ def make_call(
     user = get("user_id")
     if not (user is None or (type(user) is str and 0 < len(user) <= 128 and user.isascii())):
         user = _string(user, "field 'user_id'", 128)
-    call = _new(ApiCall)
-    _set_id(call, id_)
-    _set_time(call, time_)
-    _set_app(call, app)
-    _set_org(call, org)
-    _set_endpoint(call, endpoint)
-    _set_records(call, records)
-    _set_status(call, status)
-    _set_recipient(call, recipient)
-    _set_user(call, user)
-    return call
+    return ApiCall(id_, time_, app, org, endpoint, records, status, recipient, user)
 
 
 def format_ms(ms: int) -> str:
