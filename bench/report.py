@@ -18,8 +18,8 @@ from bench.latency import LatencyResult
 PROFILE_CALLS = (
     ("route: decode_record (meter/core/events.py)", r"decode_record \("),
     ("route: re-key and send (Router._route, minus decoding)", r"_route \(meter/"),
-    ("count: PartitionLedger.apply (meter/core/ledger.py)", r"apply \(meter/core/ledger\.py"),
-    ("count: ledger flush + TableStore writes", r"flush \(meter/core/ledger\.py"),
+    ("count: PartitionLedger.apply (meter/core/ledger/)", r"apply \(meter/core/ledger/ledger\.py"),
+    ("count: ledger flush + TableStore writes", r"flush \(meter/core/ledger/ledger\.py"),
     ("count: decode_routed (meter/adapters/wire.py)", r"decode_routed \("),
     ("count: publish alerts and window totals", r"_publish \(meter/"),
     ("/metrics scrapes (prometheus_client)", r"prometheus_client/"),
@@ -119,9 +119,9 @@ class Report:
 
     def table(self) -> list[str]:
         rows = [
-            "| peer | events/s | CPU s per million events | peak RSS MiB | ratio to (c) "
-            "| ratio to (f) | drained | counted late |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| peer | events/s | CPU s per million events | peak RSS MiB | ratio to (a) "
+            "| ratio to (c) | ratio to (f) | drained | counted late |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in self.peers:
             late = p.notes.get("late events")
@@ -129,12 +129,13 @@ class Report:
             if p.ok:
                 rows.append(
                     f"| ({p.key}) {p.name} | {p.events_per_s:,.0f} | {p.cpu_per_million:,.1f} "
-                    f"| {p.peak_rss_mib:,.0f} | {self._ratio(p, 'c')} | {self._ratio(p, 'f')} "
+                    f"| {p.peak_rss_mib:,.0f} | {self._ratio(p, 'a')} | {self._ratio(p, 'c')} "
+                    f"| {self._ratio(p, 'f')} "
                     f"| {p.drained:,} | {late_share} |"
                 )
             else:
                 rows.append(
-                    f"| ({p.key}) {p.name} | failed: {p.error} | - | - | - | - | {p.drained:,} "
+                    f"| ({p.key}) {p.name} | failed: {p.error} | - | - | - | - | - | {p.drained:,} "
                     "| - |"
                 )
         return rows

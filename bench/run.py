@@ -4,8 +4,10 @@
 
 Peers: (a) meter worker, one event per record; (b) meter worker, 100-event batch records;
 (c) the ceiling, aiokafka + json + dict; (d) naive faust windowed tables; (e) Quix Streams;
-(f) Kafka Streams. Uses METER_KAFKA_BOOTSTRAP when set, else starts a local broker on free ports
-with its data under the run's directory (var/bench/<run>/kafka, deleted at the end).
+(f) Kafka Streams; (g) meter worker, 10,000 organisations with Zipf traffic; (h) meter worker,
+every call from a new unknown app. Uses METER_KAFKA_BOOTSTRAP when set, else starts a local
+broker on free ports with its data under the run's directory (var/bench/<run>/kafka, deleted at
+the end).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.drain import MeterTopics, PeerResult, run_meter, run_reporting_peer
-from bench.infra import REPO, connect, create_topics, fill, kafka_version
+from bench.infra import REPO, connect, create_topics, fill, fill_single, kafka_version
 from bench.latency import run_latency
 from bench.report import Machine, Report, ordered, summarise_profile
+from bench.subjects import many_orgs, unknown_events, write_policy, zipf_events
 from meter.adapters.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger("bench")
@@ -47,6 +50,8 @@ NAMES = {
     "d": "faust windowed tables (naive)",
     "e": f"Quix Streams {QUIX_VERSION} tumbling window",
     "f": f"Kafka Streams {KAFKA_STREAMS_VERSION} windowed aggregate",
+    "g": "meter worker, 10,000 orgs of 1-5 apps, Zipf traffic",
+    "h": "meter worker, every call from a new unknown app",
 }
 PEER_NOTES = {
     "a": "(a), (b): `meter worker` with the example policy (9 apps, 2 orgs, caps on 15m, 1h, 1d "
@@ -62,6 +67,13 @@ PEER_NOTES = {
     "Jackson to read `records`, 1 stream thread, defaults otherwise (RocksDB, 10 MB cache, "
     "changelog, at-least-once), JVM -Xmx512m. (d), (e) and (f) count per app (d: and per org) "
     "in one window size only; the meter counts far more per event.",
+    "g": "(g): the same number of single-event records over 10,000 organisations of 1 to 5 apps "
+    "(about 30,000 apps; bench/subjects.py), Zipf-distributed (s = 1.1) over the apps; every app "
+    "on a tier with a 15-minute calls cap, every organisation with a daily records cap. "
+    "Target: at least 80% of (a)'s events/s.",
+    "h": "(h): the same number of single-event records, each from an app id no policy knows and "
+    "never seen before (the example policy): each is counted for its app and alerted on once. "
+    "Target: at least 50% of (a)'s events/s.",
 }
 
 
@@ -77,6 +89,9 @@ class Run:
     single: str
     batched: str
     profile_s: float = 0.0
+    many: str = ""
+    many_policy: Path = POLICY
+    unknown: str = ""
 
 
 def peer_meter(run: Run, key: str) -> PeerResult:
@@ -84,6 +99,36 @@ def peer_meter(run: Run, key: str) -> PeerResult:
     topics = MeterTopics.named(f"{run.prefix}-meter-{key}", topic)
     result = PeerResult(key, NAMES[key], run.events)
     return run_meter(result, run.bootstrap, topics, POLICY, run.partitions, run.workdir / key)
+
+
+def peer_many_orgs(run: Run) -> PeerResult:
+    topics = MeterTopics.named(f"{run.prefix}-meter-g", run.many)
+    result = PeerResult("g", NAMES["g"], run.events)
+    return run_meter(result, run.bootstrap, topics, run.many_policy, run.partitions,
+                     run.workdir / "g")  # fmt: skip
+
+
+def peer_unknown_apps(run: Run) -> PeerResult:
+    topics = MeterTopics.named(f"{run.prefix}-meter-h", run.unknown)
+    result = PeerResult("h", NAMES["h"], run.events)
+    return run_meter(result, run.bootstrap, topics, POLICY, run.partitions, run.workdir / "h")
+
+
+def fill_subjects(run: Run, args: argparse.Namespace) -> None:
+    """The inputs of (g) and (h), when they run."""
+    if "g" in args.only:
+        run.many = f"{run.prefix}-many"
+        apps = many_orgs()
+        run.many_policy = write_policy(run.workdir / "many-orgs.yaml", apps)
+        create_topics(run.bootstrap, [run.many], args.partitions)
+        filled = fill_single(run.bootstrap, run.many, zipf_events(args.events, apps, args.seed))
+        log.info("filled (g): %d events over %d apps in %.1f s", filled.events, len(apps),
+                 filled.seconds)  # fmt: skip
+    if "h" in args.only:
+        run.unknown = f"{run.prefix}-unknown"
+        create_topics(run.bootstrap, [run.unknown], args.partitions)
+        filled = fill_single(run.bootstrap, run.unknown, unknown_events(args.events, args.seed))
+        log.info("filled (h): %d events in %.1f s", filled.events, filled.seconds)
 
 
 def profile_meter(run: Run) -> Path:
@@ -156,6 +201,8 @@ PEERS: dict[str, Callable[[Run], PeerResult]] = {
     "d": peer_faust,
     "e": peer_quix,
     "f": peer_kstreams,
+    "g": peer_many_orgs,
+    "h": peer_unknown_apps,
 }
 
 
@@ -228,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         filled = fill(kafka.bootstrap, run.single, run.batched, args.events, batch=BATCH,
                       partitions=args.partitions, seed=args.seed)  # fmt: skip
         report.fill_seconds, report.batch_records = filled.seconds, filled.batch_records
+        fill_subjects(run, args)
         log.info("filled %d events (%d batch records) in %.1f s", args.events,
                  filled.batch_records, filled.seconds)  # fmt: skip
         for key in sorted(args.only):
