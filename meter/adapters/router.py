@@ -1,5 +1,6 @@
-"""Stage 1, the router: decode input records, dead-letter the bad parts, re-key the valid events by
-organisation onto the routed topic, and report event-time progress to every routed partition.
+"""Stage 1, the router: decode input records, dead-letter the bad parts, send the valid events to
+the routed partition of their organisation (one routed record per routed partition per batch,
+however many organisations share it), and report event-time progress to every routed partition.
 
 The router is a plain aiokafka consumer in its own group (`<group>-router`), not a faust agent:
 faust's offset bookkeeping can commit past records it dropped from its buffers during a
@@ -28,7 +29,13 @@ from aiokafka.structs import ConsumerRecord
 
 from meter.adapters.sources import SourceTracker
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.wire import dead_letter, encode_report, encode_routed_chunks, ingest_time
+from meter.adapters.wire import (
+    dead_letter,
+    encode_report,
+    encode_routed_chunks,
+    ingest_time,
+    routed_partition,
+)
 from meter.config import WorkerSettings
 from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.policy import Policy
@@ -36,7 +43,7 @@ from meter.core.policy import Policy
 log = logging.getLogger(__name__)
 
 ROUTE_BATCH = 5000
-"""Input records per batch (one poll): each batch becomes one routed record per organisation."""
+"""Input records per batch (one poll): each batch becomes one routed record per routed partition."""
 MAX_ROUTED_EVENTS = 5000
 POLL_MS = 50
 REPORT_MS = 200
@@ -219,7 +226,9 @@ class Router:
         now_s = time.monotonic()
         skew = s.max_future_skew_ms
         newest_ingest = 0
-        by_key: dict[str, tuple[list[ApiCall], list[str | None]]] = {}
+        partitions = s.partitions
+        partition_of: dict[str, int] = {}
+        by_partition: dict[int, tuple[list[ApiCall], list[str | None]]] = {}
         pending = []
         progress: dict[int, int] = {}  # input partition -> newest event time (capped at arrival)
         for tp, records in batch.items():
@@ -235,19 +244,26 @@ class Router:
                     if newest is None or t > newest:
                         newest = t
                     for key, level in routes(self.policy, ev):
-                        held = by_key.get(key)
+                        p = partition_of.get(key)
+                        if p is None:
+                            p = partition_of[key] = routed_partition(key, partitions)
+                        held = by_partition.get(p)
                         if held is None:
-                            held = by_key[key] = ([], [])
+                            held = by_partition[p] = ([], [])
                         held[0].append(ev)
                         held[1].append(level)
             if newest is not None:
                 progress[tp.partition] = newest
-        # One routed record per organisation per batch: the counter's cost is per record.
-        for key, (events, levels) in by_key.items():
+        # One routed record per routed partition per batch, whatever the number of subjects in
+        # it: the counter's cost is per record. A subject's partition is its routing key's, as
+        # Kafka's default partitioner places it.
+        for p, (events, levels) in by_partition.items():
             for i in range(0, len(events), MAX_ROUTED_EVENTS):
                 j = i + MAX_ROUTED_EVENTS
                 for value in encode_routed_chunks(events[i:j], newest_ingest, levels[i:j]):
-                    pending.append(await self.send(s.routed_topic, key=key.encode(), value=value))
+                    pending.append(
+                        await self.send(s.routed_topic, key=None, value=value, partition=p)
+                    )
         for partition, newest in progress.items():
             self.sources.routed(partition, newest, now_s)
         return pending

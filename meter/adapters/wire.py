@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import msgspec
+from aiokafka.partitioner import murmur2
 
 from meter.core.events import ApiCall, Rejection
 
@@ -31,6 +32,12 @@ MAX_ROUTED_BYTES = 512 * 1024
 """A routed record is cut into several when its events would encode to more than this."""
 TRUNCATED_BYTES = 64 * 1024
 """How much of an oversized bad record its dead-letter copy keeps."""
+
+
+def routed_partition(key: str, partitions: int) -> int:
+    """The routed partition of a routing key (`org:<id>`, `app:<id>`): where Kafka's default
+    partitioner puts that key, so a subject's state stays where earlier versions kept it."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def ingest_time(timestamp_ms: int | None, now_ms: int) -> int:

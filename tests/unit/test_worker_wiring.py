@@ -244,3 +244,18 @@ def test_the_router_counts_each_event_no_later_than_its_arrival(tmp_path: Path) 
     assert router.sources.sources[0].wm == now - 30_000
     dead = [kw for topic, kw in sent if topic == settings.dlq_topic]
     assert [dict(kw["headers"])["meter-reason"] for kw in dead] == [b"future_time"]  # type: ignore[call-overload]
+
+
+def test_a_subject_is_routed_where_kafkas_default_partitioner_puts_its_key() -> None:
+    """Events are grouped per routed partition now, not sent keyed: each subject must still land
+    where a keyed send put it, or its state would be split across partitions after an upgrade."""
+    from aiokafka.partitioner import DefaultPartitioner  # noqa: PLC0415
+
+    from meter.adapters.wire import routed_partition  # noqa: PLC0415
+
+    partitioner = DefaultPartitioner()
+    for n in (1, 4, 12, 24):
+        every = list(range(n))
+        for i in range(500):
+            key = f"org:customer-{i}" if i % 2 else f"app:app-{i}"
+            assert routed_partition(key, n) == partitioner(key.encode(), every, every)
