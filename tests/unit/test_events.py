@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meter.core import event_fields as ev
 from meter.core.errors import EventError
 from meter.core.events import (
     MAX_BATCH,
