@@ -131,13 +131,15 @@ def fill_subjects(run: Run, args: argparse.Namespace) -> None:
         log.info("filled (h): %d events in %.1f s", filled.events, filled.seconds)
 
 
-def profile_meter(run: Run) -> Path:
-    """One more drain of the single-event topic by a meter worker under py-spy (not timed:
-    sampling slows the worker); returns the collapsed-stack profile's path."""
-    topics = MeterTopics.named(f"{run.prefix}-meter-profile", run.single)
-    result = PeerResult("a", "profile", run.events)
-    workdir = run.workdir / "profile"
-    run_meter(result, run.bootstrap, topics, POLICY, run.partitions, workdir, run.profile_s)
+def profile_meter(run: Run, peer: str = "a") -> Path:
+    """One more drain of peer `peer`'s topic (a, g or h) by a meter worker under py-spy (not
+    timed: sampling slows the worker); returns the collapsed-stack profile's path."""
+    topic, policy = {"a": (run.single, POLICY), "g": (run.many, run.many_policy),
+                     "h": (run.unknown, POLICY)}[peer]  # fmt: skip
+    topics = MeterTopics.named(f"{run.prefix}-meter-profile-{peer}", topic)
+    result = PeerResult(peer, "profile", run.events)
+    workdir = run.workdir / f"profile-{peer}"
+    run_meter(result, run.bootstrap, topics, policy, run.partitions, workdir, run.profile_s)
     return workdir / "profile.txt"
 
 
@@ -217,6 +219,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=None, help="default 25 (smoke 5)")
     p.add_argument("--latency-rate", type=float, default=None, help="default: half of (a)")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--profile-peer", default="a", choices=("a", "g", "h"),
+                   help="whose input the profiled drain reads (default a)")  # fmt: skip
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy a separate, untimed meter drain of (a) for this long")  # fmt: skip
     p.add_argument("--seed", type=int, default=2022)
@@ -285,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.peers.append(result)
         if args.profile:
             log.info("profiling the meter worker (py-spy) over another drain of (a)")
-            profile = profile_meter(run)
+            profile = profile_meter(run, args.profile_peer)
             report.profile = summarise_profile(profile) if profile.exists() else None
         if {"a", "b"} & set(args.only) and not args.no_latency:
             rate = latency_rate(args, report.peers)
