@@ -144,18 +144,26 @@ def run_reporting_peer(
         proc.stop()
 
 
-def scrape_text(port: int) -> str:
-    """A worker's /metrics page; empty while it is not serving yet."""
+PROGRESS = ("meter_events_total", "meter_replayed_state_keys_total")
+"""What the drain loop reads 10 times a second: a restricted scrape, so that the probe costs the
+worker little however many series it has (10,000 organisations are 10,000 series of each
+per-organisation counter)."""
+
+
+def scrape_text(port: int, names: tuple[str, ...] = ()) -> str:
+    """A worker's /metrics page (only `names`' series when given); empty while it is not
+    serving yet."""
+    query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics{query}", timeout=2) as resp:
             return str(resp.read().decode())
     except OSError:
         return ""
 
 
-def scrape(port: int) -> dict[str, float]:
+def scrape(port: int, names: tuple[str, ...] = ()) -> dict[str, float]:
     """A worker's /metrics as {name{labels}: value}; empty while it is not serving yet."""
-    return parse_metrics(scrape_text(port))
+    return parse_metrics(scrape_text(port, names))
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -224,8 +232,7 @@ def run_meter(
     changed_at, changed_cpu = 0.0, 0
     try:
         while True:
-            text = scrape_text(port)
-            metrics = parse_metrics(text)
+            metrics = parse_metrics(scrape_text(port, PROGRESS))
             now = time.time()
             count = int(metrics.get("meter_events_total", 0))
             if count != last_count:
@@ -239,7 +246,8 @@ def run_meter(
                 sample = Sample(result.expected, t_first, now, cpu_first, cpu_ticks(proc.pid), 0)
                 sample.vmhwm_kb = vmhwm_kb(proc.pid)
                 result.measured(sample)
-                result.notes.update(meter_outputs(metrics))
+                text = scrape_text(port)
+                result.notes.update(meter_outputs(parse_metrics(text)))
                 # A routed record applied twice is counted twice in meter_events_total although
                 # the state skips it (replayed keys): then reaching N does not prove all counted.
                 replayed = metrics.get("meter_replayed_state_keys_total", 0)
@@ -251,12 +259,13 @@ def run_meter(
                 result.error = f"worker exited with {proc.proc.returncode} at {count} events"
                 log.error("%s: %s\n%s", result.name, result.error, proc.tail())
                 return result
-            if count and time.monotonic() - last_change > STALL_S and consumed_all(metrics):
+            stalled = count and time.monotonic() - last_change > STALL_S
+            if stalled and consumed_all(parse_metrics(text := scrape_text(port))):
                 result.drained = count
                 rate = count / (changed_at - t_first) if changed_at > t_first else 0.0
                 cpu = (changed_cpu - cpu_first) / CLK_TCK * 1e6 / count
                 result.notes["events_per_s_until_stall"] = rate
-                result.notes.update(meter_outputs(metrics))
+                result.notes.update(meter_outputs(parse_metrics(text)))
                 result.error = (
                     f"stalled at {count:,} events with its input and routed topics fully "
                     f"consumed: events lost ({rate:,.0f} events/s, {cpu:,.1f} CPU s per "
@@ -271,7 +280,7 @@ def run_meter(
                 return result
             time.sleep(METER_POLL_S)
     finally:
-        (workdir / "metrics.txt").write_text(text)
+        (workdir / "metrics.txt").write_text(scrape_text(port) or text)
         if profiler is not None:
             profiler.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -165,8 +165,12 @@ class Telemetry:
 
         @app.page("/metrics")  # type: ignore[untyped-decorator]
         async def metrics(web_view: Any, request: Any) -> Any:
+            # `?name[]=meter_events_total&name[]=...` restricts the page to those series, as
+            # prometheus_client's own server does: a cheap probe for scripts and benchmarks.
+            names = request.query.getall("name[]", [])
+            source = registry.restricted_registry(names) if names else registry
             return web.Response(
-                body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+                body=generate_latest(source), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
         @app.page("/healthz")  # type: ignore[untyped-decorator]

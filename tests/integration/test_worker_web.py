@@ -68,6 +68,12 @@ def test_only_metrics_and_health_checks_are_served(
     wait_until(lambda: d.metric(worker, "meter_events_total") == 1, 60, what="counted")
 
     assert get(worker.web_port, "/healthz") == (200, b'{"status": "ok"}')
+    # a restricted scrape: only the series asked for
+    status, body = get(worker.web_port, "/metrics?name[]=meter_events_total")
+    assert status == 200
+    assert b"meter_events_total 1.0" in body
+    assert b"meter_input_records_total" not in body
+    assert b"meter_cap_usage" not in body
     for path in FAUST_PAGES:
         status, body = get(worker.web_port, path)
         assert status == 404, (path, status, body[:300])
