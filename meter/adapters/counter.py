@@ -19,6 +19,7 @@ from typing import Any
 from faust.types import TP
 
 from meter.adapters.app import App
+from meter.adapters.changelog import tracker_of
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import read_range
 from meter.adapters.telemetry import PartitionState, Telemetry
@@ -214,8 +215,10 @@ class Counter:
         batch = self.unsent.pop(partition, [])
         # The state that holds these records in its outbox must be in the changelog before they
         # are published: otherwise a crash could leave them published and the state without
-        # them, and a new owner (restored from the changelog) would publish them again.
-        await self.app.faust.producer.flush()
+        # them, and a new owner (restored from the changelog) would publish them again. Only the
+        # changelog records are waited for (each until Kafka acknowledged it), not everything the
+        # producer holds: the router's routed records would add their latency to every alert.
+        await tracker_of(self.app.faust).wait()
         futures = []
         for p in batch:
             name = self._topic_name(p.record.kind)
