@@ -42,8 +42,28 @@ def _no_constants(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _HugeInt:
+    """An integer literal longer than Python converts (4,300 digits). It is valid JSON: in a
+    field meter ignores it changes nothing (as on the fast path), in any other it is a bad value."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+def _int(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        return _HugeInt(len(text.lstrip("-")))
+
+
 # One shared decoder: json.loads with keyword arguments would build a new decoder per call.
-_DECODE = json.JSONDecoder(parse_constant=_no_constants).decode
+_DECODE = json.JSONDecoder(parse_constant=_no_constants, parse_int=_int).decode
 
 
 class _Plain(msgspec.Struct):
@@ -64,13 +84,16 @@ class _Plain(msgspec.Struct):
 
 _FAST_ONE = msgspec.json.Decoder(_Plain).decode
 _FAST_MANY = msgspec.json.Decoder(list[_Plain]).decode
-_FAST_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+# RecursionError: nesting deeper than the stack, even in a field msgspec only skips.
+_FAST_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
 def _fast(value: bytes) -> Decoded | None:
     """The events of a record of valid plain events, decoded in one pass; None for anything
     else (an invalid field, a CloudEvent, odd JSON), which `_decode` then handles as before."""
     first = value[:1]
+    if not value.isascii() and not _utf8(value):
+        return None  # msgspec does not check the UTF-8 of the values it skips
     try:
         if first == b"{":
             items = [_FAST_ONE(value)]
@@ -110,6 +133,14 @@ def _fast(value: bytes) -> Decoded | None:
             return None
         events.append(ApiCall(id_, time_, app, org, endpoint, p.records, p.status, recipient, user))
     return Decoded(events, [])
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _reject(reason: str, detail: str) -> Decoded:
