@@ -1,15 +1,19 @@
-"""Sub-commands beyond the broker: `worker`, `store`, `api`, `policy check`, `settings`. faust
-and the clients are imported lazily here so that `meter kafka` and `meter policy` stay light."""
+"""Sub-commands beyond the broker: `worker`, `store`, `api`, `report`, `policy check`, `settings`.
+faust and the clients are imported lazily here so that `meter kafka` and `meter policy` stay
+light."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Mapping
 
 from meter.adapters.api.settings import API_OPTIONS, ApiSettings
 from meter.adapters.broker import BROKER_OPTIONS, kafka_bootstrap
 from meter.adapters.policy_file import read_policy
+from meter.adapters.report.arguments import add_report_parser
+from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS, StatementSettings
 from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings, add_sink_arguments
 from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings
 from meter.config import WORKER_OPTIONS, WorkerSettings, add_arguments, markdown_table
@@ -45,10 +49,12 @@ def cmd_store(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_api(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from meter.adapters.api.runner import run_api  # noqa: PLC0415 - imports the clients
+    from meter.adapters.report.service import Issuer  # noqa: PLC0415
 
     settings = ApiSettings.load(vars(args), env)
+    statements = Issuer.load(StatementSettings.load(vars(args), env), env)
     policy = read_policy(settings.policy)
-    return run_api(settings, policy, kafka_bootstrap(settings.bootstrap, env))
+    return run_api(settings, policy, kafka_bootstrap(settings.bootstrap, env), statements)
 
 
 def cmd_api_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -63,6 +69,18 @@ def cmd_api_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from meter.adapters.report.command import run_report  # noqa: PLC0415 - imports the clients
+
+    return run_report(args, env, print, sys.stdout.buffer.write)
+
+
+def cmd_report_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from meter.adapters.report.command import run_verify  # noqa: PLC0415 - imports the clients
+
+    return run_verify(args, env, print)
+
+
 def cmd_settings(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Every setting with its flag, variable and default, as the README's tables."""
     for title, options in (
@@ -70,6 +88,8 @@ def cmd_settings(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         ("alert sinks (meter worker)", SINK_OPTIONS),
         ("meter store", STORE_OPTIONS),
         ("meter api", API_OPTIONS),
+        ("statements (meter api)", STATEMENT_OPTIONS),
+        ("meter report", REPORT_OPTIONS),
         ("meter kafka", BROKER_OPTIONS),
     ):
         print(f"### {title}\n\n{markdown_table(options)}\n")
@@ -108,6 +128,7 @@ def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "`meter api token` makes a bearer token.",
     )
     add_arguments(p, API_OPTIONS)
+    add_arguments(p.add_argument_group("statements"), STATEMENT_OPTIONS)
     p.set_defaults(handler=cmd_api)
     actions = p.add_subparsers(dest="api_command", metavar="ACTION")
     token = actions.add_parser("token", help="make a bearer token for the tokens file")
@@ -121,6 +142,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_worker(sub)
     _add_store(sub)
     _add_api(sub)
+    add_report_parser(sub, cmd_report, cmd_report_verify)
     pol = sub.add_parser("policy", help="work with policy files")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = pol_sub.add_parser("check", help="validate a policy file and print its effective caps")

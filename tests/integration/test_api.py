@@ -401,7 +401,8 @@ def test_the_openapi_document_is_valid_and_describes_what_is_served(stack: Stack
     assert doc["openapi"] == "3.1.0"
     served = {
         "/v1/apps/{id}/usage", "/v1/orgs/{id}/usage", "/v1/subjects", "/v1/check", "/v1/usage",
-        "/v1/alerts", "/healthz", "/readyz", "/openapi.json",
+        "/v1/alerts", "/healthz", "/readyz", "/openapi.json", "/", "/v1/statements",
+        "/v1/statements/{id}",
     }  # fmt: skip
     assert set(doc["paths"]) == served
     assert {"Window", "Alert", "QuotaState"} <= set(doc["components"]["schemas"])

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from meter.adapters.store.buckets import zone
 from meter.adapters.store.database import Database, SqliteDatabase, open_database
 from meter.adapters.store.ingest import ALERTS, WINDOWS, apply_batch
 from meter.adapters.store.queries import AlertQuery, QueryError, UsageQuery, alerts, usage
@@ -431,3 +432,9 @@ def test_alerts_are_filtered_ordered_and_paged(empty: Database) -> None:
     ):
         with pytest.raises(QueryError, match=f"^{param}: "):
             alerts(empty, q)
+
+
+@pytest.mark.parametrize("tz", ["x" * 5000, "Europe/" + "a" * 300, "../../etc/passwd", "\x00"])
+def test_a_hostile_time_zone_is_a_query_error_naming_tz(tz: str) -> None:
+    with pytest.raises(QueryError, match=r"^tz: unknown IANA time zone"):
+        zone(tz)

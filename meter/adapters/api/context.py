@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +12,7 @@ from aiohttp import web
 from meter.adapters.api.auth import OPEN, Principal, Tokens
 from meter.adapters.api.feed import FeedReader
 from meter.adapters.api.problems import not_found, unavailable
+from meter.adapters.report.service import Issuer
 from meter.core.enforcement import FeedState, known, org_of
 from meter.core.policy import Policy
 from meter.core.windows import format_ms
@@ -27,6 +28,8 @@ class Context:
     tokens: Tokens | None
     store: Any | None = None
     """The usage store's read side (`meter.adapters.api.history.StoreReader`), when configured."""
+    statements: Issuer = field(default_factory=Issuer)
+    """How statements are issued: the workers' horizons and the signing key."""
     clock: Callable[[], float] = time.time
 
     def now_ms(self) -> int:

@@ -11,6 +11,7 @@ from meter.adapters.api.history import StoreReader
 from meter.adapters.api.server import run_until_signal
 from meter.adapters.api.settings import TOKENS_FILE, ApiSettings
 from meter.adapters.broker import wait_for_kafka
+from meter.adapters.report.service import Issuer
 from meter.adapters.store.settings import redact_database
 from meter.core.enforcement import FeedState
 from meter.core.policy import Policy
@@ -18,7 +19,9 @@ from meter.core.policy import Policy
 log = logging.getLogger(__name__)
 
 
-def run_api(settings: ApiSettings, policy: Policy, bootstrap: str) -> int:
+def run_api(
+    settings: ApiSettings, policy: Policy, bootstrap: str, statements: Issuer | None = None
+) -> int:
     tokens = None
     if settings.tokens_file is not None:
         tokens = Tokens.load(settings.tokens_file, TOKENS_FILE.label)
@@ -37,6 +40,7 @@ def run_api(settings: ApiSettings, policy: Policy, bootstrap: str) -> int:
         redact_database(settings.database),
     )  # fmt: skip
     try:
-        return run_until_signal(Context(policy, feed, reader, tokens, store), settings)
+        ctx = Context(policy, feed, reader, tokens, store, statements=statements or Issuer())
+        return run_until_signal(ctx, settings)
     finally:
         store.close()

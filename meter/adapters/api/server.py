@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from meter.adapters.api import history, live
+from meter.adapters.api import history, live, statements, status
 from meter.adapters.api.auth import OPEN
 from meter.adapters.api.context import CONTEXT, Context, context
 from meter.adapters.api.openapi import document
@@ -114,6 +114,8 @@ def make_app(ctx: Context) -> web.Application:
     app.router.add_get("/v1/subjects", live.subjects)
     app.router.add_get("/v1/check", live.check_call)
     history.add_routes(app)
+    statements.add_routes(app)
+    status.add_routes(app)
     return app
 
 

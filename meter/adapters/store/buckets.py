@@ -67,9 +67,11 @@ class Plan:
 
 
 def zone(tz: str) -> ZoneInfo:
+    if len(tz) > 64:  # the longest IANA name has 32 characters; a path that long is an OSError
+        raise QueryError("tz", f"unknown IANA time zone {tz[:64]!r}...")
     try:
         return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         raise QueryError("tz", f"unknown IANA time zone {tz!r}") from None
 
 
