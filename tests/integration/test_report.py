@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from meter.adapters.api.auth import digest
 from meter.adapters.broker import free_port
 from meter.sim.command import add_simulate_parser
 from meter.sim.truth import Truth, load_truth
+from tests.harness.browser import dump_dom, parse, screenshot
 from tests.harness.data import ms
 from tests.harness.deployment import Deployment, deployment_factory
 from tests.harness.http import Reply, get
@@ -41,6 +43,7 @@ HMAC_KEY = "integration-test-statement-key"
 CLOSE_AT = "2023-03-01T00:00"
 """Every input partition is pushed here: 2022's windows are past every horizon (final)."""
 DAY_MS = 86_400_000
+REPORT_ARTIFACT = REPO / "var" / "artifacts" / "statement-2022.png"
 
 
 @dataclass
@@ -364,3 +367,25 @@ def test_the_api_issues_and_serves_statements_to_their_own_organisation_only(
         "/v1/statements", {"org_id": "microsoft", "from": "2022-01-01", "to": "2021-01-01"}
     )
     assert (bad.status, bad.json()["invalid-params"][0]["name"]) == (400, "to")
+
+
+def test_a_person_sees_the_html_statement_in_a_browser(stack: Stack, tmp_path: Path) -> None:
+    """The HTML statement opened in headless Chromium from a file, with the network cut off: what
+    is visible is the period, the totals, the charts and how to verify it. The screenshot is kept
+    as an artifact for a person to look at (var/artifacts/statement-2022.png)."""
+    written = report(stack, tmp_path / "out")
+    doc = json.loads(written["json"].read_bytes())
+    sid = written["json"].stem.rsplit("-", 1)[-1]
+    url = written["html"].resolve().as_uri()
+    page = parse(dump_dom(url, tmp_path / "chromium"))
+    text = " ".join(page.text().split())
+    assert "Microsoft" in text
+    assert f"{doc['totals']['calls']:,}" in text
+    assert f"{doc['totals']['records']:,}" in text
+    assert "meter report verify" in text
+    assert sid in text  # the id's first digits at least, as in the file name
+    assert sum(node.tag == "svg" for node in page.walk()) == 4  # the charts are drawn
+    assert "Top endpoints" in text
+    shot = screenshot(url, tmp_path / "statement.png", tmp_path / "chromium", size=(1280, 2400))
+    REPORT_ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, REPORT_ARTIFACT)

@@ -10,6 +10,7 @@ import pytest
 
 from meter.adapters.api.settings import API_OPTIONS
 from meter.adapters.broker import BROKER_OPTIONS
+from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS
 from meter.adapters.sinks.settings import SINK_OPTIONS
 from meter.adapters.store.settings import STORE_OPTIONS
 from meter.cli import build_parser
@@ -23,6 +24,8 @@ GROUPS = {
     "kafka": BROKER_OPTIONS,
     "store": STORE_OPTIONS,
     "api": API_OPTIONS,
+    "report": REPORT_OPTIONS,
+    "statements": STATEMENT_OPTIONS,
 }
 
 
