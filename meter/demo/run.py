@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -21,11 +22,19 @@ from typing import Any
 
 from meter.adapters.api.settings import PORT as API_PORT
 from meter.adapters.broker import BrokerLayout, LocalBroker, port_open
+from meter.adapters.report.demo_statement import write_demo_statement
 from meter.adapters.topics import TopicSpec, ensure_topics
-from meter.config import WEB_PORT, Option, add_arguments, default_state_dir, load, positive_int
+from meter.config import (
+    WEB_PORT,
+    Option,
+    add_arguments,
+    default_state_dir,
+    load,
+    positive_int,
+)
 from meter.core.durations import MINUTE_MS
 from meter.core.errors import MeterError
-from meter.demo.api_check import check_api
+from meter.demo.api_check import check_api, expected_months
 from meter.demo.watch import (
     AlertTail,
     all_closed,
@@ -38,6 +47,8 @@ from meter.demo.watch import (
 from meter.sim.compare import compare
 from meter.sim.truth import Truth, load_truth
 
+STATEMENT_ORG = "microsoft"
+"""Whose 2022 statement the demo ends with (the case's eight apps)."""
 DEMO_POLICY = Path(__file__).resolve().parents[1] / "examples" / "demo-2022.yaml"
 GRACE = "60s"
 GRACE_MS = MINUTE_MS
@@ -148,10 +159,39 @@ class Demo:
             f"({api.rows} months with usage) and {api.alerts:,} alerts, from {self.api_url}: "
             + ("as the truth says" if api.ok else f"MISMATCH: {api.detail}")
         )
+        statement_ok = True
+        if api.ok:
+            line, statement_ok = self._statement(truth)
+            out(line)
         out(result.summary())
-        ok = result.ok and api.ok
+        ok = result.ok and api.ok and statement_ok
         out("the meter agrees with the ground truth" if ok else "MISMATCH")
         return 0 if ok else 1
+
+    def _statement(self, truth: Truth) -> tuple[str, bool]:
+        """The organisation's 2022 usage statement from the store, its totals against the
+        truth's."""
+        json_path, html_path, sid = write_demo_statement(
+            str(self.state / "meter.db"), DEMO_POLICY, STATEMENT_ORG, self.state / "report"
+        )
+        doc = json.loads(json_path.read_text())
+        got = (doc["totals"]["calls"], doc["totals"]["records"])
+        months = expected_months(truth)
+        want = tuple(
+            sum(v[i] for (kind, subject, _), v in months.items()
+                if kind == "org" and subject == STATEMENT_ORG)
+            for i in (0, 1)
+        )  # fmt: skip
+        verdict = (
+            "as the truth says" if got == want else f"MISMATCH: truth {want[0]:,} and {want[1]:,}"
+        )
+        return (
+            f"statement  {STATEMENT_ORG}'s 2022: {got[0]:,} calls and {got[1]:,} records, "
+            f"{verdict} ({doc['status']}; sha256 {sid[:12]}...)\n"
+            f"           {html_path}\n"
+            f"           check it: meter report verify {json_path}",
+            got == want,
+        )
 
     def stop(self) -> None:
         """Stop what the demo started (the broker, if it started one, is stopped by the caller)."""

@@ -27,7 +27,7 @@ def write_demo_statement(
     rules: Rules | None = None,
 ) -> tuple[Path, Path, str]:
     """Issue the organisation's 2022 statement from the store (recorded in its register) and
-    write it to `out_dir`: (JSON path, HTML path, its id, the SHA-256 of the JSON)."""
+    write it to `out_dir`: (JSON path, HTML path, its id: the SHA-256 of the JSON)."""
     loaded = policy if isinstance(policy, Policy) else read_policy(policy)
     db = open_database(database_url, timeout_s=10.0)
     try:
