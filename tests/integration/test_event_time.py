@@ -211,16 +211,17 @@ def test_backlog_live_calls_a_wrong_clock_and_a_crash_keep_windows_and_alerts_ex
             if c["app_id"] == "stray"
         }
     }
+    # Restricted use: per organisation; by the unknown app (no organisation), per app.
     expected |= {
         marker_alert_id(
             "restricted_use",
-            "org",
-            ORG_OF[c["app_id"]],
+            "org" if c["app_id"] in ORG_OF else "app",
+            ORG_OF.get(c["app_id"], c["app_id"]),
             [("app_id", c["app_id"]), ("recipient", "government"), ("rule", "notice")],
             c["time"] - c["time"] % (24 * HOUR_MS),
         )
         for c in distinct.values()
-        if c.get("recipient") == "government" and c["app_id"] in ORG_OF
+        if c.get("recipient") == "government"
     }
     assert days  # the scenario spans days
     alerts = values_of(d.alerts(expect=None, timeout=30))
