@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from meter.adapters.broker import BROKER_OPTIONS, BrokerError, BrokerLayout, LocalBroker
-from meter.config import add_arguments
+from meter.config import add_arguments, kafka_secrets
 from meter.core.errors import ConfigError, MeterError, PolicyError, UnavailableError
 
 log = logging.getLogger("meter")
@@ -27,12 +27,22 @@ def _flags(args: argparse.Namespace) -> dict[str, object | None]:
     return dict(vars(args))
 
 
-def local_broker(flags: Mapping[str, object | None], env: Mapping[str, str]) -> LocalBroker:
+def local_broker(
+    flags: Mapping[str, object | None], env: Mapping[str, str], *, secure: bool = False
+) -> LocalBroker:
+    if secure:
+        from meter.adapters.secure_broker import (  # noqa: PLC0415 - TLS and admin client
+            AclNames,
+            SecureBroker,
+            secure_layout,
+        )
+
+        return SecureBroker(secure_layout(flags, env), AclNames.load(env))
     return LocalBroker(BrokerLayout.load(flags, env))
 
 
 def cmd_kafka(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    broker = local_broker(_flags(args), env)
+    broker = local_broker(_flags(args), env, secure=bool(args.secure))
     lay = broker.layout
     action: str = args.action
     if action == "fetch":
@@ -45,6 +55,11 @@ def cmd_kafka(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         else:
             print(f"Kafka broker already running (pid {broker.pid()}); bootstrap: {lay.bootstrap}")
         print(f"data and logs: {lay.state}")
+        if args.secure:
+            from meter.adapters.secure_broker import SecureBroker  # noqa: PLC0415
+
+            assert isinstance(broker, SecureBroker)
+            print(broker.instructions())
         return EXIT_OK
     if action == "stop":
         if broker.stop():
@@ -72,6 +87,12 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])
     add_arguments(p, BROKER_OPTIONS)
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for start-up")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS, SASL/SCRAM-SHA-512 users and ACLs; its own data in var/kafka-secure/ "
+        "(start prints the variables clients set)",
+    )
     p.set_defaults(handler=cmd_kafka)
 
 
@@ -79,15 +100,45 @@ CLIENT_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "rocksdict", "aiohttp", 
 """Libraries whose INFO lines (connections, rebalances, service starts) are noise to a user."""
 
 
-def configure_logging(*, verbose: bool) -> None:
-    """meter's own INFO lines; the client libraries' only from WARNING, unless `-v` (all, DEBUG)."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Replaces each secret with *** in every line, tracebacks included, whoever logged it
+    (kafka-python logs its admin client's whole configuration at DEBUG, password and all)."""
+
+    def __init__(self, fmt: str, secrets: Sequence[str]) -> None:
+        super().__init__(fmt)
+        self.secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def configure_logging(*, verbose: bool, secrets: Sequence[str] = ()) -> None:
+    """meter's own INFO lines; the client libraries' only from WARNING, unless `-v` (all, DEBUG).
+    `secrets` never appear."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(LOG_FORMAT, secrets))
     for name in CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        logging.getLogger("kafka.net.selector").addFilter(_not_slow_task_warnings)
+
+
+def _not_slow_task_warnings(record: logging.LogRecord) -> bool:
+    """kafka-python 3 warns when one step of its own I/O loop took over 0.1 s (a busy machine,
+    a large first metadata answer): its own diagnostic, nothing a user can act on. `-v` shows it."""
+    return "blocking the event loop" not in record.getMessage()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,25 +159,26 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(verbose=bool(args.verbose))
+    secrets = kafka_secrets(env)
+    configure_logging(verbose=bool(args.verbose), secrets=secrets)
+
+    def fail(message: str, code: int) -> int:
+        print(f"meter: {redact(message, secrets)}", file=sys.stderr)
+        return code
+
     try:
         code: int = args.handler(args, env)
     except ConfigError as exc:
-        print(f"meter: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"configuration error: {exc}", EXIT_USAGE)
     except PolicyError as exc:
         where = f" at {exc.path}" if exc.path else ""
-        print(f"meter: policy error{where}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"policy error{where}: {exc.message}", EXIT_USAGE)
     except UnavailableError as exc:
-        print(f"meter: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return fail(str(exc), EXIT_UNAVAILABLE)
     except BrokerError as exc:
-        print(f"meter: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(str(exc), EXIT_ERROR)
     except MeterError as exc:
-        print(f"meter: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         return 130
     return code

@@ -16,7 +16,14 @@ from meter.adapters.report.arguments import add_report_parser
 from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS, StatementSettings
 from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings, add_sink_arguments
 from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings
-from meter.config import WORKER_OPTIONS, WorkerSettings, add_arguments, markdown_table
+from meter.config import (
+    KAFKA_SECURITY_OPTIONS,
+    WORKER_OPTIONS,
+    WorkerSettings,
+    add_arguments,
+    markdown_table,
+    variables_table,
+)
 from meter.demo import add_demo_parser
 from meter.sim.command import add_simulate_parser
 
@@ -93,6 +100,8 @@ def cmd_settings(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         ("meter kafka", BROKER_OPTIONS),
     ):
         print(f"### {title}\n\n{markdown_table(options)}\n")
+    print("### Kafka security (every command; variables only)\n")
+    print(f"{variables_table(KAFKA_SECURITY_OPTIONS)}\n")
     return 0
 
 

@@ -9,6 +9,7 @@ A flag wins over its environment variable, which wins over the default. A bad va
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class Option:
 
     @property
     def label(self) -> str:
-        return f"{self.flag} / {self.var}"
+        return f"{self.flag} / {self.var}" if self.flag else self.var
 
     def value(self, flags: Mapping[str, object | None], env: Env, loaded: Values) -> Any:
         raw = flags.get(self.dest)
@@ -89,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser | Any, options: Sequence[Optio
 def markdown_table(options: Sequence[Option]) -> str:
     rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
     rows += [f"| `{o.flag}` | `{o.var}` | {o.shown} | {o.help} |" for o in options]
+    return "\n".join(rows)
+
+
+def variables_table(options: Sequence[Option]) -> str:
+    """The table of settings that have a variable only (no flag)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{o.var}` | {o.shown} | {o.help} |" for o in options]
     return "\n".join(rows)
 
 
@@ -153,6 +161,149 @@ BOOTSTRAP = Option(
 )  # fmt: skip
 INPUT_TOPIC = Option("--input-topic", "api-calls", non_empty, "input topic", "`api-calls`")
 WEB_PORT = Option("--web-port", 6066, port_number, "port of `/metrics`", "`6066`")
+
+
+# -- Kafka security: the same variables for every process, never flags (flags show in `ps`) ------
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def readable_file(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_file():
+        raise ValueError("no such file")
+    return path
+
+
+def _env_only(
+    var: str,
+    field: str,
+    default: Any,
+    parse: Callable[[str], Any],
+    help_: str,
+    shown: str,
+    *,
+    secret: bool = False,
+) -> Option:
+    return Option("", default, parse, help_, shown, field=field, var=var, secret=secret)
+
+
+KAFKA_SECURITY_OPTIONS: tuple[Option, ...] = (
+    _env_only("METER_KAFKA_USERNAME", "username", None, non_empty, "SASL user name", "none"),
+    _env_only(
+        "METER_KAFKA_SECURITY_PROTOCOL", "protocol",
+        lambda v, _: "SASL_SSL" if v["username"] else "PLAINTEXT", _one_of(KAFKA_PROTOCOLS),
+        "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`",
+        "`SASL_SSL` with a user name, else `PLAINTEXT`",
+    ),
+    _env_only(
+        "METER_KAFKA_SASL_MECHANISM", "mechanism", "SCRAM-SHA-512", _one_of(SASL_MECHANISMS),
+        "`SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`", "`SCRAM-SHA-512`",
+    ),
+    _env_only(
+        "METER_KAFKA_PASSWORD", "password", None, str,
+        "SASL password (or the file below; never shown)", "none", secret=True,
+    ),
+    _env_only(
+        "METER_KAFKA_PASSWORD_FILE", "password_file", None, readable_file,
+        "file holding the SASL password on one line (keep it mode 0600)", "none",
+    ),
+    _env_only(
+        "METER_KAFKA_CA_FILE", "ca_file", None, readable_file,
+        "PEM file of the CA(s) that signed the brokers' certificates", "the system's CAs",
+    ),
+)  # fmt: skip
+"""How every meter process connects to Kafka (`KafkaSecurity.load`): variables only, no flags
+(a flag shows in `ps`); the same for the worker, store, API, simulator and demo."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """TLS and SASL settings of every Kafka client of a process; `meter.adapters.kafka_security`
+    turns them into each client library's arguments. Printing one never shows the password."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def describe(self) -> str:
+        """For log lines: `SASL_SSL (SCRAM-SHA-512) as meter`, or `PLAINTEXT`."""
+        if not self.sasl:
+            return self.protocol
+        return f"{self.protocol} ({self.mechanism}) as {self.username}"
+
+    def __repr__(self) -> str:
+        password = None if self.password is None else "***"
+        return (
+            f"KafkaSecurity(protocol={self.protocol!r}, mechanism={self.mechanism!r}, "
+            f"username={self.username!r}, password={password!r}, ca_file={self.ca_file!r})"
+        )
+
+    __str__ = __repr__
+
+    @classmethod
+    def load(cls, env: Env) -> KafkaSecurity:
+        """From `METER_KAFKA_*` variables; a missing or contradictory one raises `ConfigError`
+        naming it (never showing a password)."""
+        values = load(KAFKA_SECURITY_OPTIONS, {}, env)
+        var = {o.field: o.var for o in KAFKA_SECURITY_OPTIONS}
+        protocol, password_file = values["protocol"], values.pop("password_file")
+        if password_file is not None:
+            if values["password"] is not None:
+                raise ConfigError(var["password"], f"set it or {var['password_file']}, not both")
+            values["password"] = _read_password(password_file, var["password_file"])
+        sasl = protocol.startswith("SASL_")
+        for name in ("username", "password"):
+            if sasl and values[name] is None:
+                also = f" or {var['password_file']}" if name == "password" else ""
+                raise ConfigError(var[name] + also, f"required with {protocol}")
+            if not sasl and values[name] is not None:
+                raise ConfigError(var[name], f"needs a SASL protocol, not {protocol}")
+        if values["ca_file"] is not None and protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(var["ca_file"], f"needs SSL or SASL_SSL, not {protocol}")
+        return cls(**values)
+
+
+def kafka_secrets(env: Env) -> list[str]:
+    """The Kafka password as configured (by value or file), for the log to hide; nothing when it
+    cannot be read (the command that needs it says why)."""
+    found = [env.get("METER_KAFKA_PASSWORD", "")]
+    with contextlib.suppress(ConfigError):
+        if env.get("METER_KAFKA_PASSWORD_FILE"):
+            path = Path(env["METER_KAFKA_PASSWORD_FILE"])
+            found.append(_read_password(path, "METER_KAFKA_PASSWORD_FILE"))
+    return [s for s in found if s]
+
+
+def _read_password(path: Path, label: str) -> str:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(label, f"cannot read {path}: {type(exc).__name__}") from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password or "\n" in password:
+        raise ConfigError(label, f"{path} must hold the password on one line")
+    return password
 
 
 def _data_dir(values: Values, env: Env) -> Path:
@@ -277,6 +428,8 @@ class WorkerSettings:
     metrics_max_apps: int = 100
     replication: int = 1
     connect_timeout_ms: int = 60_000
+    kafka_security: KafkaSecurity = KafkaSecurity()
+    """How its Kafka clients connect (`METER_KAFKA_*` variables; see `KAFKA_SECURITY_OPTIONS`)."""
 
     @property
     def routed_topic(self) -> str:
@@ -303,4 +456,4 @@ class WorkerSettings:
         if values["policy"] is None:
             raise ConfigError(POLICY.label, "a policy file is required")
         values["policy"] = Path(values["policy"])
-        return cls(**values)
+        return cls(**values, kafka_security=KafkaSecurity.load(env))

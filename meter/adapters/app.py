@@ -15,6 +15,7 @@ import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 
 from meter.adapters.changelog import ChangelogTracker, LedgerTable, tracker_of
+from meter.adapters.kafka_security import faust_args
 from meter.config import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,11 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
     app = MeterApp(
         s.group,
         broker=f"kafka://{bootstrap}",
+        **faust_args(s.kafka_security),
         store="rocksdb://" if s.store == "rocksdb" else "memory://",
         datadir=str(s.data_dir),
         topic_partitions=s.partitions,
+        topic_replication_factor=s.replication or 1,  # faust declares no topic here
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=s.session_timeout_ms / 1000,

@@ -147,8 +147,9 @@ class Counter:
             end - 1,
         )
         records = await read_range(
-            self.bootstrap, self.settings.routed_topic, partition, start, end
-        )
+            self.bootstrap, self.settings.routed_topic, partition, start, end,
+            security=self.settings.kafka_security,
+        )  # fmt: skip
         now_ms = int(self.clock() * 1000)
         for offset, value, timestamp_ms in records:
             self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
@@ -194,8 +195,9 @@ class Counter:
         for (topic, part), items in by_target.items():
             since = min(p.record.ts_ms for p in items) - 1000
             found |= await already_published(
-                self.bootstrap, topic, part, since, (p.record.id for p in items)
-            )
+                self.bootstrap, topic, part, since, (p.record.id for p in items),
+                security=self.settings.kafka_security,
+            )  # fmt: skip
         return found
 
     def _topic_name(self, kind: str) -> str:

@@ -3,24 +3,37 @@ routed records its consumer skipped, and the outbox checks what already reached 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+
+from meter.adapters.kafka_security import aiokafka_args
+from meter.config import KafkaSecurity
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @asynccontextmanager
 async def partition_consumer(
-    bootstrap: str, topic: str, partition: int
+    bootstrap: str, topic: str, partition: int, *, security: KafkaSecurity
 ) -> AsyncIterator[tuple[AIOKafkaConsumer, TopicPartition]]:
     """A started consumer assigned to `topic`/`partition` (no group, nothing committed)."""
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **aiokafka_args(security),
     )
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign([tp])
         yield consumer, tp
     finally:
@@ -40,10 +53,37 @@ async def records(
 
 
 async def read_range(
-    bootstrap: str, topic: str, partition: int, start: int, end: int
+    bootstrap: str, topic: str, partition: int, start: int, end: int, *, security: KafkaSecurity
 ) -> list[tuple[int, bytes | None, int | None]]:
     """(offset, value, timestamp ms) of the records at offsets [start, end) of one partition, as
     far as the log still has them."""
-    async with partition_consumer(bootstrap, topic, partition) as (consumer, tp):
-        end = min(end, (await consumer.end_offsets([tp]))[tp])
-        return [(m.offset, m.value, m.timestamp) async for m in records(consumer, tp, start, end)]
+
+    async def attempt() -> list[tuple[int, bytes | None, int | None]]:
+        reading = partition_consumer(bootstrap, topic, partition, security=security)
+        async with reading as (consumer, tp):
+            last = min(end, (await consumer.end_offsets([tp]))[tp])
+            found = records(consumer, tp, start, last)
+            return [(m.offset, m.value, m.timestamp) async for m in found]
+
+    return await retrying(f"reading {topic}[{partition}] {start}..{end - 1}", attempt)
+
+
+READ_ERRORS = (KafkaError, OSError, TimeoutError)
+MAX_BACKOFF_S = 30.0
+
+
+async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()` until it succeeds. A read Kafka fails (it is down, restarting, a leader
+    moved) is tried again after a backoff (0.5 s, doubling up to 30 s), never given up: the
+    counter cannot go on without it, and the watchdog shows one that waits too long."""
+    failures = 0
+    while True:
+        try:
+            return await attempt()
+        except READ_ERRORS as exc:
+            failures += 1
+            delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures - 1, 8))
+            if failures == 1 or failures % 10 == 0:
+                log.warning("%s failed (%s: %s); trying again in %.1fs (attempt %d)",
+                            what, type(exc).__name__, exc, delay, failures)  # fmt: skip
+            await asyncio.sleep(delay)

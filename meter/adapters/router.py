@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 from aiokafka.structs import ConsumerRecord
 
+from meter.adapters.kafka_security import aiokafka_args
 from meter.adapters.sources import SourceTracker
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import (
@@ -128,6 +129,7 @@ class Router:
         s = self.settings
         return {
             "bootstrap_servers": self.bootstrap,
+            **aiokafka_args(s.kafka_security),
             "group_id": s.router_group,
             "client_id": f"meter-router-{s.web_host}:{s.web_port}",
             "enable_auto_commit": False,

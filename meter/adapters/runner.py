@@ -50,10 +50,11 @@ def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
 
 def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
     """Create missing topics; check the routed topic matches the state's partitioning."""
-    ensure_topics(bootstrap, topic_specs(s), replication=s.replication)
+    ensure_topics(bootstrap, topic_specs(s), replication=s.replication, security=s.kafka_security)
     counts = settled_partition_counts(
         bootstrap,
         [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic, s.quota_topic],
+        security=s.kafka_security,
     )
     for name in (s.routed_topic, s.changelog_topic):
         if counts.get(name) != s.partitions:
@@ -122,10 +123,12 @@ def _run(
         # Each sink reads the alerts topic in its own consumer group: a slow or failing sink
         # lags on its own and never slows counting.
         SinkService(sinks, telemetry.registry).attach(
-            worker.app, bootstrap, settings.alerts_topic, settings.group
-        )
+            worker.app, bootstrap, settings.alerts_topic, settings.group,
+            security=settings.kafka_security,
+        )  # fmt: skip
     log.info(
-        "worker %s: input %s, %d partitions, store %s at %s, metrics http://%s:%d/metrics",
+        "worker %s: input %s, %d partitions, store %s at %s, metrics http://%s:%d/metrics, "
+        "Kafka %s",
         settings.group,
         settings.input_topic,
         settings.partitions,
@@ -133,6 +136,7 @@ def _run(
         settings.data_dir,
         settings.web_host,
         settings.web_port,
+        settings.kafka_security.describe(),
     )
     try:
         faust.Worker(

@@ -26,6 +26,7 @@ from meter.adapters.report.demo_statement import write_demo_statement
 from meter.adapters.topics import TopicSpec, ensure_topics
 from meter.config import (
     WEB_PORT,
+    KafkaSecurity,
     Option,
     add_arguments,
     default_state_dir,
@@ -102,10 +103,11 @@ class Demo:
     ) -> None:
         run_id = time.strftime("%Y%m%d-%H%M%S")
         self.bootstrap = bootstrap
+        self.security = KafkaSecurity.load(env)
         self.calls = calls
         self.state = default_state_dir(env) / "demo" / run_id
         kinds = ("api-calls", "alerts", "windows", "dlq", "quota")
-        self.names = {k: f"demo-{run_id}-{k}" for k in kinds}
+        self.names = {k: f"meter-demo-{run_id}-{k}" for k in kinds}  # under ACLs for `meter-`
         self.metrics_url = f"http://127.0.0.1:{web_port}/metrics"
         self.api_url = f"http://127.0.0.1:{api_port}"
         self.env = dict(
@@ -134,7 +136,7 @@ class Demo:
         self._start("api", "the HTTP API")
         self._wait(lambda: answers(f"{self.api_url}/readyz"), 120)
         out(f"API at {self.api_url}  (try {self.api_url}/v1/orgs/microsoft/usage)")
-        self.tail = AlertTail(self.bootstrap, self.names["alerts"], started)
+        self.tail = AlertTail(self.bootstrap, self.names["alerts"], started, self.security)
         self.tail.start()
         truth = self._replay()
         if truth is None:
@@ -144,7 +146,7 @@ class Demo:
         last_end = max(w.end_ms for w in truth.windows) + GRACE_MS
         out("counted; waiting for the input to go idle and every window to close ...")
         self._wait(lambda: all_closed(self.metrics_url, last_end / 1000), 300)
-        windows = read_topic(self.bootstrap, self.names["windows"])
+        windows = read_topic(self.bootstrap, self.names["windows"], self.security)
         time.sleep(2)  # the last alerts of the last batch
         self.tail.stopping.set()
         self.tail.join(timeout=10)
@@ -221,7 +223,10 @@ class Demo:
         out(f"{what} started (log {log_path})")
 
     def _start_worker(self) -> None:
-        ensure_topics(self.bootstrap, [TopicSpec(self.names["api-calls"], INPUT_PARTITIONS)])
+        ensure_topics(
+            self.bootstrap, [TopicSpec(self.names["api-calls"], INPUT_PARTITIONS)],
+            security=self.security,
+        )  # fmt: skip
         self._start("worker", f"worker; metrics at {self.metrics_url}")
         self._wait(lambda: metric(self.metrics_url, "meter_events_total") is not None, 120)
 

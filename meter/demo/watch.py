@@ -14,6 +14,9 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+from meter.adapters.kafka_security import PLAINTEXT, kafka_python_args
+from meter.config import KafkaSecurity
+
 
 def out(line: str) -> None:
     """Demo output: one line, clearing a progress bar the simulator may have drawn."""
@@ -45,9 +48,12 @@ def describe_alert(a: Mapping[str, Any]) -> str:
 class AlertTail(threading.Thread):
     """Reads the alerts topic while the demo runs, printing each alert once as it arrives."""
 
-    def __init__(self, bootstrap: str, topic: str, started: float) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, started: float, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         super().__init__(daemon=True)
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.started = started
         self.alerts: list[dict[str, Any]] = []
@@ -61,6 +67,7 @@ class AlertTail(threading.Thread):
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            **kafka_python_args(self.security),
         )
         try:
             while not self.stopping.is_set():
@@ -75,10 +82,16 @@ class AlertTail(threading.Thread):
             consumer.close()
 
 
-def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
+def read_topic(
+    bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, idle_s: float = 3.0
+) -> list[dict[str, Any]]:
     """Every JSON value on `topic`, read until nothing new arrives for `idle_s`."""
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **kafka_python_args(security),
     )
     values: list[dict[str, Any]] = []
     quiet_since = time.monotonic()

@@ -12,6 +12,8 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from meter.adapters.kafka_security import PLAINTEXT, kafka_python_args
+from meter.config import KafkaSecurity
 from meter.sim import SimulationError
 from meter.sim.framing import Message
 from meter.sim.progress import Progress
@@ -57,11 +59,18 @@ def use_fast_crc() -> bool:
     return True
 
 
-def producer_for(bootstrap: str, *, linger_ms: int = 20, compression: str | None = None) -> Any:
+def producer_for(
+    bootstrap: str,
+    *,
+    linger_ms: int = 20,
+    compression: str | None = None,
+    security: KafkaSecurity = PLAINTEXT,
+) -> Any:
     """A producer tuned for throughput without giving up ordering or exactly-once appends."""
     use_fast_crc()
     return KafkaProducer(
         bootstrap_servers=bootstrap,
+        **kafka_python_args(security),
         client_id="meter-simulate",
         acks="all",
         enable_idempotence=True,

@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 from meter.adapters.broker import kafka_bootstrap
 from meter.adapters.policy_file import bundled_policy_path, read_policy
 from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
-from meter.config import BOOTSTRAP, INPUT_TOPIC, POLICY, default_state_dir
+from meter.config import BOOTSTRAP, INPUT_TOPIC, POLICY, KafkaSecurity, default_state_dir
 from meter.core.errors import ConfigError
 from meter.core.windows import format_ms
 from meter.sim import SimulationError
@@ -91,11 +91,13 @@ def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     where = "(dry run)"
     producer: Any = None
     bootstrap: str | None = None
+    security = KafkaSecurity.load(env)
     if not args.dry_run:
         bootstrap = kafka_bootstrap(BOOTSTRAP.value(flags, env, {}), env)
         try:
-            ensure_topics(bootstrap, [TopicSpec(topic, args.partitions)])
-            count = settled_partition_counts(bootstrap, [topic]).get(topic, args.partitions)
+            ensure_topics(bootstrap, [TopicSpec(topic, args.partitions)], security=security)
+            counts = settled_partition_counts(bootstrap, [topic], security=security)
+            count = counts.get(topic, args.partitions)
         except KafkaError as exc:
             raise SimulationError(f"cannot prepare topic {topic} at {bootstrap}: {exc}") from exc
         where = f"to {topic} ({count} partition{'s' if count > 1 else ''}) at {bootstrap}"
@@ -107,7 +109,7 @@ def run_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             produced = drain(pipeline.messages(), progress)
         else:
             try:
-                producer = producer_for(bootstrap)
+                producer = producer_for(bootstrap, security=security)
             except KafkaError as exc:
                 raise SimulationError(f"cannot connect to Kafka at {bootstrap}: {exc}") from exc
             messages = pipeline.messages()

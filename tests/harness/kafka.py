@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -41,11 +42,15 @@ def read_all(
     timeout: float = 30.0,
     settle: float = 0.0,
     abort: Callable[[], bool] | None = None,
+    client_args: Mapping[str, Any] | None = None,
 ) -> list[ConsumerRecord]:
     """Everything on `topic` from the beginning: waits for `expect` records (then `settle` more
     seconds, to catch extras such as duplicates), or until the end offsets when `expect` is None.
-    Returns early when `abort()` says so (e.g. the process under test died)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    Returns early when `abort()` says so (e.g. the process under test died). `client_args`: more
+    arguments of the consumer (TLS, SASL)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **(client_args or {})
+    )
     try:
         deadline = time.monotonic() + timeout
         parts: list[TopicPartition] = []

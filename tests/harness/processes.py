@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,15 +53,18 @@ class WorkerProcess:
         web_port: int,
         data_dir: Path,
         module: str = "meter.cli",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.args = args
         self.log_path = log_path
         self.web_port = web_port
         self.data_dir = data_dir
         self.expected_exit = False
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
         env["PYTHONUNBUFFERED"] = "1"
         env["METER_STATE_DIR"] = str(data_dir.parent / "state")
+        env.update(extra)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],

@@ -14,7 +14,14 @@ from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS
 from meter.adapters.sinks.settings import SINK_OPTIONS
 from meter.adapters.store.settings import STORE_OPTIONS
 from meter.cli import build_parser
-from meter.config import WORKER_OPTIONS, Option, WorkerSettings, markdown_table
+from meter.config import (
+    KAFKA_SECURITY_OPTIONS,
+    WORKER_OPTIONS,
+    Option,
+    WorkerSettings,
+    markdown_table,
+    variables_table,
+)
 from meter.core.errors import ConfigError
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -35,8 +42,15 @@ def test_the_readme_shows_the_generated_table(group: str) -> None:
     assert table in README, f"regenerate with `meter settings`:\n{table}"
 
 
+def test_the_readme_shows_the_kafka_security_variables() -> None:
+    table = variables_table(KAFKA_SECURITY_OPTIONS)
+    assert table in README, f"regenerate with `meter settings`:\n{table}"
+
+
 @pytest.mark.parametrize(
-    "option", [o for group in GROUPS.values() for o in group], ids=lambda o: o.flag
+    "option",
+    [o for group in GROUPS.values() for o in group] + list(KAFKA_SECURITY_OPTIONS),
+    ids=lambda o: o.flag or o.var,
 )
 def test_a_documented_default_is_the_real_default(option: Option) -> None:
     shown = option.shown.strip("`")

@@ -31,7 +31,7 @@ from meter.adapters.wire import (
     ingest_time,
 )
 from meter.adapters.worker import MeterWorker
-from meter.config import WorkerSettings
+from meter.config import KafkaSecurity, WorkerSettings
 from meter.core.events import ApiCall, Rejection
 from meter.core.ledger import LedgerSettings, PartitionLedger
 
@@ -173,7 +173,10 @@ def test_faust_can_commit_past_every_offset_it_did_not_deliver(
     faust must be told every offset before it is done, or its committed offset stays at 1 for
     good (it commits only a run of offsets contiguous with its last commit)."""
     policy = read_policy(EXAMPLE)
-    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    tls = KafkaSecurity(protocol="SSL")
+    settings = WorkerSettings(
+        policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path, kafka_security=tls
+    )
     worker = MeterWorker(
         settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
     )
@@ -186,7 +189,10 @@ def test_faust_can_commit_past_every_offset_it_did_not_deliver(
     worker.app._consumer = consumer
     reads: list[tuple[int, int]] = []
 
-    async def read_range(bootstrap: str, topic: str, p: int, start: int, end: int) -> list[object]:
+    async def read_range(
+        bootstrap: str, topic: str, p: int, start: int, end: int, *, security: KafkaSecurity
+    ) -> list[object]:
+        assert security is tls  # read back with the worker's own credentials
         reads.append((start, end))
         return [(o, TICK, 0) for o in range(start, end)]
 

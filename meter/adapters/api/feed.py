@@ -13,6 +13,8 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from meter.adapters.kafka_security import PLAINTEXT, aiokafka_args
+from meter.config import KafkaSecurity
 from meter.core.enforcement import FeedState
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,15 @@ POLL_MS = 500
 
 
 class FeedReader:
-    def __init__(self, bootstrap: str, topic: str, feed: FeedState, client_id: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        feed: FeedState,
+        client_id: str,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
+        self.security = security
         self.bootstrap = bootstrap
         self.topic = topic
         self.feed = feed
@@ -38,6 +48,7 @@ class FeedReader:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **aiokafka_args(self.security),
         )
         await consumer.start()
         try:
@@ -67,6 +78,8 @@ class FeedReader:
             if ids:
                 return [TopicPartition(self.topic, p) for p in sorted(ids)]
             self.waiting_for = f"topic {self.topic} does not exist yet (start a worker)"
+            if self.security.sasl:  # a topic this user may not describe looks just the same
+                self.waiting_for += f", or user {self.security.username} may not read it (ACLs)"
             await asyncio.sleep(1.0)
 
     @staticmethod

@@ -33,11 +33,13 @@ def run_api(
         )  # fmt: skip
     wait_for_kafka(bootstrap, settings.connect_timeout_ms / 1000)
     feed = FeedState()
-    reader = FeedReader(bootstrap, settings.quota_topic, feed, client_id="meter-api")
+    reader = FeedReader(
+        bootstrap, settings.quota_topic, feed, "meter-api", security=settings.kafka_security
+    )
     store = StoreReader(settings.database)
     log.info(
-        "api: quota feed %s on %s, usage store %s", settings.quota_topic, bootstrap,
-        redact_database(settings.database),
+        "api: quota feed %s on %s (%s), usage store %s", settings.quota_topic, bootstrap,
+        settings.kafka_security.describe(), redact_database(settings.database),
     )  # fmt: skip
     try:
         ctx = Context(policy, feed, reader, tokens, store, statements=statements or Issuer())

@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from meter.adapters.kafka_security import PLAINTEXT
 from meter.adapters.store.settings import DATABASE, redact_database
 from meter.config import (
     BOOTSTRAP,
     POLICY,
     WORKER_OPTIONS,
     Env,
+    KafkaSecurity,
     Option,
     load,
     non_empty,
@@ -73,6 +75,7 @@ class ApiSettings:
     port: int = 8080
     tokens_file: Path | None = None
     connect_timeout_ms: int = 60_000
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -95,4 +98,4 @@ class ApiSettings:
                 f"required when the API listens on {values['host']} (not a loopback address): "
                 "without tokens anyone who reaches it reads every organisation's usage",
             )
-        return cls(**values)
+        return cls(**values, kafka_security=KafkaSecurity.load(env))

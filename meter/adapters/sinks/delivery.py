@@ -19,11 +19,13 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from meter.adapters.kafka_security import PLAINTEXT, aiokafka_args
 from meter.adapters.sinks.errors import PermanentError, RetryableError
 from meter.adapters.sinks.metrics import DELIVERED, REJECTED, RETRIED, SinkMetrics
 from meter.adapters.sinks.records import AlertRecord, decode_alert
 from meter.adapters.sinks.settings import LATEST, SINCE, StartPosition
 from meter.adapters.topics import partition_counts
+from meter.config import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,11 @@ class DeliveryLoop:
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
         poll_ms: int = 500,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.sink = sink
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.group_id = f"{group}-sink-{sink.name}"
         self.metrics = metrics
@@ -159,6 +163,7 @@ class DeliveryLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            **aiokafka_args(self.security),
         )
         listener.consumer = consumer
         consumer.subscribe([self.topic], listener=listener)
@@ -291,15 +296,20 @@ async def read_alerts_since(
     topic: str,
     since_ms: int,
     keep: Callable[[AlertRecord], bool] = lambda _: True,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[AlertRecord]:
     """The valid alerts on `topic` with a timestamp at or after `since_ms`, up to the current end,
     that `keep` accepts (no consumer group: used to rebuild a sink's state at start)."""
-    count = (await asyncio.to_thread(partition_counts, bootstrap, [topic])).get(topic, 0)
+    counts = await asyncio.to_thread(partition_counts, bootstrap, [topic], security=security)
+    count = counts.get(topic, 0)
     parts = [TopicPartition(topic, p) for p in range(count)]
     out: list[AlertRecord] = []
     if not parts:
         return out
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **aiokafka_args(security)
+    )
     try:
         await consumer.start()
         consumer.assign(parts)

@@ -17,11 +17,13 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from meter.adapters.kafka_security import PLAINTEXT
 from meter.adapters.sinks.alertmanager import AlertmanagerSink
 from meter.adapters.sinks.delivery import Backoff, DeliveryLoop, Sink, read_alerts_since
 from meter.adapters.sinks.metrics import SinkMetrics
 from meter.adapters.sinks.settings import SinkSettings, is_enabled
 from meter.adapters.sinks.webhook import WebhookSink
+from meter.config import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,14 @@ class SinkService:
             sinks.append(self.alertmanager)
         return sinks
 
-    async def start(self, bootstrap: str, alerts_topic: str, group: str) -> None:
+    async def start(
+        self,
+        bootstrap: str,
+        alerts_topic: str,
+        group: str,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         """Start delivering `alerts_topic` to every configured sink; returns at once (the tasks
         connect and retry in the background)."""
         if self._tasks or self._draining:
@@ -107,6 +116,7 @@ class SinkService:
                 start=self.settings.start,
                 rand=self.rand,
                 clock=self.clock,
+                security=security,
             )
             self.loops.append(loop)
             self._spawn(f"sink {sink.name}", loop.run, drains=True)
@@ -115,7 +125,9 @@ class SinkService:
 
             async def keep_alive() -> None:
                 since = int(self.clock() * 1000) - self.restore_lookback_ms
-                recent = await read_alerts_since(bootstrap, alerts_topic, since, am.may_be_firing)
+                recent = await read_alerts_since(
+                    bootstrap, alerts_topic, since, am.may_be_firing, security=security
+                )
                 restored = am.restore(recent)
                 if restored:
                     log.info("sink %s: %d alert(s) may still be firing", am.name, restored)
@@ -123,11 +135,19 @@ class SinkService:
 
             self._spawn("sink alertmanager (re-sends)", keep_alive, drains=False)
 
-    def attach(self, app: Any, bootstrap: str, alerts_topic: str, group: str) -> None:
+    def attach(
+        self,
+        app: Any,
+        bootstrap: str,
+        alerts_topic: str,
+        group: str,
+        *,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         """Run with a faust app: start once the worker is ready, stop before it shuts down."""
 
         async def start_sinks() -> None:
-            await self.start(bootstrap, alerts_topic, group)
+            await self.start(bootstrap, alerts_topic, group, security=security)
 
         async def stop_sinks(sender: Any, **_: Any) -> None:
             await self.stop()

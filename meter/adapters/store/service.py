@@ -17,10 +17,12 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from meter.adapters.broker import wait_for_kafka
+from meter.adapters.kafka_security import kafka_python_args
 from meter.adapters.store.database import OPERATIONAL_ERRORS, Database, open_database
 from meter.adapters.store.ingest import ALERTS, WINDOWS, BatchResult, apply_batch, stored_offsets
 from meter.adapters.store.records import Consumed
 from meter.adapters.store.settings import StoreSettings
+from meter.config import KafkaSecurity
 from meter.core.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class StoreService:
             isolation_level="read_committed",
             allow_auto_create_topics=False,
             max_poll_records=self.settings.batch,
+            **kafka_python_args(self.settings.kafka_security),
         )
 
     def _partitions(self) -> dict[str, set[int]] | None:
@@ -81,7 +84,8 @@ class StoreService:
                 return parts
             if not warned:
                 log.warning("topics %s not found yet on %s: waiting for the workers to create "
-                            "them", " and ".join(self.kinds), self.bootstrap)  # fmt: skip
+                            "them%s", " and ".join(self.kinds), self.bootstrap,
+                            _or_no_acl(self.settings.kafka_security))  # fmt: skip
                 warned = True
             self._stopping.wait(1.0)
         return None
@@ -176,6 +180,11 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _or_no_acl(security: KafkaSecurity) -> str:
+    # A topic this user may not describe looks just like a missing one.
+    return f" (or user {security.username} may not read them: ACLs)" if security.sasl else ""
 
 
 def run_store(settings: StoreSettings, bootstrap: str) -> int:

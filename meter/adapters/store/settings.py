@@ -12,10 +12,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from meter.adapters.kafka_security import PLAINTEXT
 from meter.config import (
     BOOTSTRAP,
     WORKER_OPTIONS,
     Env,
+    KafkaSecurity,
     Option,
     Values,
     default_state_dir,
@@ -106,6 +108,7 @@ class StoreSettings:
     group: str = "meter"
     batch: int = 500
     connect_timeout_ms: int = 60_000
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     @property
     def client_id(self) -> str:
@@ -128,4 +131,4 @@ class StoreSettings:
 
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Env) -> StoreSettings:
-        return cls(**load(STORE_OPTIONS, flags, env))
+        return cls(**load(STORE_OPTIONS, flags, env), kafka_security=KafkaSecurity.load(env))
