@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from faust.types import TP
-
 from meter.adapters.app import App
 from meter.adapters.changelog import tracker_of
+from meter.adapters.commit_gaps import CommitGaps
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import read_range
 from meter.adapters.telemetry import PartitionState, Telemetry
@@ -60,6 +59,7 @@ class Counter:
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
+        self.commit_gaps = CommitGaps(lambda: app.faust.consumer, settings.routed_topic)
         self.out_partitions: dict[str, int] = {}
         """Partitions of each output topic (outputs of ledger p go to partition p mod that)."""
 
@@ -164,11 +164,9 @@ class Counter:
             )
 
     async def _done_before(self, partition: int, offset: int) -> None:
-        """Tell faust's consumer every offset of `partition` before `offset` is done (faust
-        clamps the range to what it has not committed yet)."""
-        add_gap = getattr(self.app.faust.consumer, "_add_gap", None)
-        if add_gap is not None and offset > 0:
-            await add_gap(TP(self.settings.routed_topic, partition), 0, offset - 1)
+        """Tell faust's consumer every offset of `partition` before `offset` is done (only those
+        it has not seen acknowledged: `meter.adapters.commit_gaps`)."""
+        await self.commit_gaps.done_before(partition, offset)
 
     async def _bootstrap(self, partition: int) -> PartitionLedger:
         store = self.app.store
