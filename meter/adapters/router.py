@@ -79,7 +79,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self.router.lock:
-            pass
+            # Reports are sent at most every REPORT_MS, so the progress of the last batches may
+            # not have gone out yet. It goes out now: the next owner of these partitions starts
+            # with no progress (it routes only what comes after), and the counters keep the
+            # newest progress they were told; unsent, it would hold back the watermarks until
+            # the partitions turn idle.
+            consumer = self.router.consumer
+            if revoked and consumer is not None:
+                await asyncio.gather(*await self.router._report(consumer))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("router: input partitions %s", sorted(tp.partition for tp in assigned))
