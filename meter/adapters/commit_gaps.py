@@ -15,17 +15,10 @@ record up to 425 (the pipeline looked stalled, and a restart would have replayed
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from faust.types import TP
-
-log = logging.getLogger(__name__)
-
-CHECK_S = 10.0
-"""How often, while records flow, a partition is checked for offsets faust never saw done."""
 
 
 def missing_ranges(start: int, end: int, seen: Iterable[int]) -> list[tuple[int, int]]:
@@ -44,16 +37,9 @@ def missing_ranges(start: int, end: int, seen: Iterable[int]) -> list[tuple[int,
 class CommitGaps:
     """The counter's side of faust's offset bookkeeping for the routed topic (module doc)."""
 
-    def __init__(
-        self,
-        consumer: Callable[[], Any],
-        topic: str,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, consumer: Callable[[], Any], topic: str) -> None:
         self.consumer = consumer
         self.topic = topic
-        self.clock = clock
-        self._checked: dict[int, float] = {}
 
     async def done_before(self, partition: int, offset: int) -> list[tuple[int, int]]:
         """Every offset of `partition` before `offset` is applied: declare the ones faust has
@@ -71,28 +57,5 @@ class CommitGaps:
             await add_gap(tp, first, last)
         return ranges
 
-    async def check(self, partition: int, offset: int) -> None:
-        """Every `CHECK_S` while records flow: offsets before `offset` that faust never saw done
-        are declared (none, normally: faust delivers every record, and skips are handled when
-        they are read back) and logged, since they would have stopped its commits."""
-        now = self.clock()
-        if now - self._checked.get(partition, -CHECK_S) < CHECK_S:
-            return
-        self._checked[partition] = now
-        committed = getattr(self.consumer(), "_committed_offset", {}).get(TP(self.topic, partition))
-        if committed is None:
-            return  # faust starts over (a rebalance): the first record declares what is done
-        ranges = await self.done_before(partition, offset)
-        if ranges:
-            log.warning(
-                "partition %d: faust's consumer never saw routed offsets %s done (the ledger "
-                "holds them); declared, so that its commits go on",
-                partition, ", ".join(f"{a}..{b}" for a, b in ranges[:5]),
-            )  # fmt: skip
 
-    def forget(self, partitions: Iterable[int]) -> None:
-        for p in partitions:
-            self._checked.pop(p, None)
-
-
-__all__ = ["CHECK_S", "CommitGaps", "missing_ranges"]
+__all__ = ["CommitGaps", "missing_ranges"]

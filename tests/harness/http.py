@@ -7,7 +7,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any
+
+from meter.adapters.api.auth import digest
 
 
 @dataclass
@@ -43,3 +46,15 @@ def get(
         return Reply(e.code, e.headers, e.read())
     except (urllib.error.URLError, ConnectionError):
         return Reply(0, Message(), b"")
+
+
+def write_tokens(path: Path, suffix: str) -> tuple[str, str]:
+    """A tokens file with an admin token and a read-only token for org `acme`; returns both
+    tokens (the file holds only their digests)."""
+    admin, acme = f"mtr_admin_{suffix}", f"mtr_acme_{suffix}"
+    path.write_text(
+        "tokens:\n"
+        f"  - {{name: ops, scope: admin, sha256: {digest(admin)}}}\n"
+        f'  - {{name: acme-portal, scope: "org:acme", sha256: {digest(acme)}}}\n'
+    )
+    return admin, acme

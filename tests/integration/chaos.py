@@ -27,7 +27,7 @@ from pathlib import Path
 
 from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
 from tests.harness.deployment import Deployment, write_policy
-from tests.harness.processes import WorkerProcess
+from tests.harness.processes import WorkerProcess, wait_until
 from tests.harness.recovery import (
     POLICY,
     finish_and_check,
@@ -49,10 +49,22 @@ def _kill(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None
 
 def _stop(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None:
     victim = rng.choice(d.running())
+    # A clean stop is of a worker that runs: one still importing (seconds on a loaded machine)
+    # has no signal handlers yet and dies of the SIGTERM (status -15), as any process would.
+    wait_until(lambda: _serves_metrics(d, victim), 120, interval=0.5,
+               what=f"worker {victim.pid} to serve /metrics", abort=victim.died)  # fmt: skip
     # A worker still joining the group finishes the join first: that can take until a killed
     # member's session times out (60 s).
     victim.stop(timeout=180)
     log(f"stopped pid {victim.pid} cleanly")
+
+
+def _serves_metrics(d: Deployment, worker: WorkerProcess) -> bool:
+    try:
+        d.metric(worker, "meter_events_total")
+    except OSError:
+        return False
+    return True
 
 
 def _join(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None:

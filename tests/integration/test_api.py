@@ -24,11 +24,10 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from meter.adapters.api.auth import digest
 from meter.adapters.broker import free_port
 from tests.harness.data import HOUR_MS, Event, event, ms, values_of
 from tests.harness.deployment import Deployment, deployment_factory
-from tests.harness.http import Reply, get
+from tests.harness.http import Reply, get, write_tokens
 from tests.harness.oracle import CapSpec, expected_feed, expected_totals
 from tests.harness.processes import WorkerProcess, wait_until
 
@@ -100,13 +99,8 @@ def history_events() -> list[Event]:
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("api")
     suffix = uuid.uuid4().hex[:8]
-    admin, acme = f"mtr_admin_{suffix}", f"mtr_acme_{suffix}"
     tokens = tmp / "tokens.yaml"
-    tokens.write_text(
-        "tokens:\n"
-        f"  - {{name: ops, scope: admin, sha256: {digest(admin)}}}\n"
-        f'  - {{name: acme-portal, scope: "org:acme", sha256: {digest(acme)}}}\n'
-    )
+    admin, acme = write_tokens(tokens, suffix)
     with deployment_factory(kafka_bootstrap, tmp, lambda b: f"{b}-{suffix}") as make:
         d = make(POLICY, partitions=2)
         d.start_worker()

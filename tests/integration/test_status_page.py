@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from meter.adapters.api.auth import digest
 from meter.adapters.broker import free_port
 from tests.harness.browser import DevTools, Node, dump_dom, parse, screenshot
 from tests.harness.data import event
 from tests.harness.deployment import Deployment, deployment_factory
-from tests.harness.http import get
+from tests.harness.http import get, write_tokens
 from tests.harness.processes import REPO, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -77,13 +76,8 @@ class Stack:
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("status")
     suffix = uuid.uuid4().hex[:8]
-    admin, acme = f"mtr_admin_{suffix}", f"mtr_acme_{suffix}"
     tokens = tmp / "tokens.yaml"
-    tokens.write_text(
-        "tokens:\n"
-        f"  - {{name: ops, scope: admin, sha256: {digest(admin)}}}\n"
-        f'  - {{name: acme-portal, scope: "org:acme", sha256: {digest(acme)}}}\n'
-    )
+    admin, acme = write_tokens(tokens, suffix)
     with deployment_factory(kafka_bootstrap, tmp, lambda b: f"{b}-{suffix}") as make:
         d = make(POLICY, partitions=2)
         d.start_worker()
