@@ -59,6 +59,8 @@ class Counter:
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
+        self.in_flight: dict[int, int] = {}
+        """Outputs handed to the producer and not yet acknowledged by Kafka, per partition."""
         self.commit_gaps = CommitGaps(lambda: app.faust.consumer, settings.routed_topic)
         self.out_partitions: dict[str, int] = {}
         """Partitions of each output topic (outputs of ledger p go to partition p mod that)."""
@@ -72,7 +74,7 @@ class Counter:
         for p, ledger in sorted(self.ledgers.items()):
             yield PartitionState(
                 p, ledger.close_wm, ledger.event_wm, ledger.state_sizes(),
-                len(self.unsent.get(p, ())),
+                len(self.unsent.get(p, ())) + self.in_flight.get(p, 0),
             )  # fmt: skip
 
     def revoked(self, partitions: Iterable[int]) -> None:
@@ -213,6 +215,15 @@ class Counter:
 
     async def _publish(self, partition: int, ledger: PartitionLedger) -> None:
         batch = self.unsent.pop(partition, [])
+        self.in_flight[partition] = self.in_flight.get(partition, 0) + len(batch)
+        try:
+            await self._send_batch(partition, ledger, batch)
+        finally:
+            self.in_flight[partition] -= len(batch)
+
+    async def _send_batch(
+        self, partition: int, ledger: PartitionLedger, batch: list[Pending]
+    ) -> None:
         # The state that holds these records in its outbox must be in the changelog before they
         # are published: otherwise a crash could leave them published and the state without
         # them, and a new owner (restored from the changelog) would publish them again. Only the

@@ -147,9 +147,10 @@ class Demo:
         out("counted; waiting for the input to go idle and every window to close ...")
         self._wait(lambda: all_closed(self.metrics_url, last_end / 1000), 300)
         windows = read_topic(self.bootstrap, self.names["windows"], self.security)
-        time.sleep(2)  # the last alerts of the last batch
-        self.tail.stopping.set()
-        self.tail.join(timeout=10)
+        self.tail.stopping.set()  # it reads on to the alerts' end offsets
+        self.tail.join(timeout=120)
+        if self.tail.is_alive():
+            raise TimeoutError("the alerts topic could not be read to its end in 120 s")
         result = compare(truth, windows, self.tail.alerts, grace_ms=GRACE_MS)
         out("checking what the API answers from the usage store ...")
         api = check_api(self.api_url, truth, len(self.tail.alerts), timeout_s=120)

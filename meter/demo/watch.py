@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 
 from meter.adapters.kafka_security import PLAINTEXT, kafka_python_args
 from meter.config import KafkaSecurity
@@ -46,7 +46,8 @@ def describe_alert(a: Mapping[str, Any]) -> str:
 
 
 class AlertTail(threading.Thread):
-    """Reads the alerts topic while the demo runs, printing each alert once as it arrives."""
+    """Reads the alerts topic while the demo runs, printing each alert once as it arrives; once
+    `stopping` is set it reads on to the topic's end offsets as of then, and ends."""
 
     def __init__(
         self, bootstrap: str, topic: str, started: float, security: KafkaSecurity = PLAINTEXT
@@ -63,14 +64,21 @@ class AlertTail(threading.Thread):
 
     def run(self) -> None:
         consumer = KafkaConsumer(
-            self.topic,
             bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
             enable_auto_commit=False,
             **kafka_python_args(self.security),
         )
+        tps = [TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends: dict[TopicPartition, int] | None = None
         try:
-            while not self.stopping.is_set():
+            while True:
+                if self.stopping.is_set() and ends is None:
+                    # Stopping: read on to the end offsets as of now, then stop.
+                    ends = consumer.end_offsets(list(consumer.assignment()))
+                if ends is not None and all(consumer.position(tp) >= e for tp, e in ends.items()):
+                    return
                 for records in consumer.poll(timeout_ms=200).values():
                     for r in records:
                         alert = json.loads(r.value)
@@ -83,25 +91,33 @@ class AlertTail(threading.Thread):
 
 
 def read_topic(
-    bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, idle_s: float = 3.0
+    bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 120.0
 ) -> list[dict[str, Any]]:
-    """Every JSON value on `topic`, read until nothing new arrives for `idle_s`."""
+    """Every JSON value on `topic` up to its end offsets as of the call.
+
+    It reads to the end offsets rather than until the topic goes quiet: on a loaded machine the
+    first fetch alone can take longer than any quiet period, and a reader that stops early would
+    report a demo short of records it has."""
     consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        **kafka_python_args(security),
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka_python_args(security)
     )
     values: list[dict[str, Any]] = []
-    quiet_since = time.monotonic()
     try:
-        while time.monotonic() - quiet_since < idle_s:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            raise RuntimeError(f"topic {topic} has no partitions")
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                short = {tp.partition: (consumer.position(tp), end) for tp, end in ends.items()}
+                raise TimeoutError(f"{topic}: read (position, end) {short} in {timeout_s:.0f}s")
             batch = consumer.poll(timeout_ms=500, max_records=10_000)
             for records in batch.values():
-                values.extend(json.loads(r.value) for r in records)
-            if batch:
-                quiet_since = time.monotonic()
+                values.extend(json.loads(r.value) for r in records if r.value is not None)
     finally:
         consumer.close()
     return values
