@@ -137,7 +137,9 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
         return app.topic(name, key_serializer="raw", value_serializer="raw", **extra)
 
     topics = {
-        s.routed_topic: raw_topic(s.routed_topic, partitions=s.partitions),
+        # acks=False: faust does not commit the routed topic; the counter commits what its
+        # ledgers applied (`meter.adapters.routed_offsets`).
+        s.routed_topic: raw_topic(s.routed_topic, partitions=s.partitions, acks=False),
         s.dlq_topic: raw_topic(s.dlq_topic),
         s.alerts_topic: raw_topic(s.alerts_topic),
         s.windows_topic: raw_topic(s.windows_topic),

@@ -47,6 +47,13 @@ class ChangelogTracker:
         while self.pending:
             await asyncio.wait(list(self.pending))
 
+    async def wait_queued(self) -> None:
+        """Return once every changelog record queued until now is acknowledged (records queued
+        meanwhile are not waited for: under steady traffic `wait` may not return for long)."""
+        queued = list(self.pending)
+        if queued:
+            await asyncio.wait(queued)
+
     @property
     def complete(self) -> bool:
         """Every changelog record ever queued was acknowledged."""

@@ -1,10 +1,12 @@
 """Stage 2, the counter: folds each routed record into its partition's `PartitionLedger` (state in
 the faust table), then publishes what the ledger put in its outbox.
 
-faust's consumer can drop records from its buffers in a rebalance and still commit past them. The
-routed topic's offsets are contiguous (it is written without transactions, so it holds no control
-records), so the ledger remembers the last offset it saw: a record further on than the next one
-reveals records faust skipped, and the counter reads those itself, by offset, before it goes on.
+faust's consumer can drop records from its buffers in a rebalance, and a committed offset can be
+ahead of the changelog a ledger is restored from. The routed topic's offsets are contiguous (it is
+written without transactions, so it holds no control records), so the ledger remembers the last
+offset it saw: a record further on than the next one reveals records it missed, and the counter
+reads those itself, by offset, before it goes on. Records it already applied are skipped whole.
+The offsets to resume from are committed from the ledgers (`meter.adapters.routed_offsets`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 
 from meter.adapters.app import App
 from meter.adapters.changelog import tracker_of
-from meter.adapters.commit_gaps import CommitGaps
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import read_range
+from meter.adapters.routed_offsets import RoutedOffsets
 from meter.adapters.telemetry import PartitionState, Telemetry
 from meter.adapters.wire import TICK, Report, decode_routed, ingest_time
 from meter.config import WorkerSettings
@@ -61,7 +63,9 @@ class Counter:
         self.unsent: dict[int, list[Pending]] = {}
         self.in_flight: dict[int, int] = {}
         """Outputs handed to the producer and not yet acknowledged by Kafka, per partition."""
-        self.commit_gaps = CommitGaps(lambda: app.faust.consumer, settings.routed_topic)
+        self.offsets = RoutedOffsets(
+            lambda: app.faust.consumer, settings.routed_topic, lambda: tracker_of(app.faust)
+        )
         self.out_partitions: dict[str, int] = {}
         """Partitions of each output topic (outputs of ledger p go to partition p mod that)."""
 
@@ -79,9 +83,21 @@ class Counter:
 
     def revoked(self, partitions: Iterable[int]) -> None:
         """State of a revoked partition may change elsewhere: rebuilt from the table on return."""
-        for p in partitions:
+        gone = list(partitions)
+        for p in gone:
             self.ledgers.pop(p, None)
             self.unsent.pop(p, None)
+        self.offsets.forget(gone)
+
+    async def commit(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """Commit the routed offsets the ledgers applied (of `partitions`, default all)."""
+        wanted = None if partitions is None else set(partitions)
+        applied = {
+            p: offset
+            for p, ledger in self.ledgers.items()
+            if (wanted is None or p in wanted) and (offset := ledger.next_offset()) is not None
+        }
+        return await self.offsets.commit(applied)
 
     # -- counting ------------------------------------------------------------------------------
     async def count(self, msg: Any) -> None:
@@ -89,22 +105,13 @@ class Counter:
         then publish the partition's outputs."""
         partition = msg.partition
         ledger = self.ledgers.get(partition)
-        first = ledger is None
         if ledger is None:
             ledger = await self._bootstrap(partition)
             if self.ledgers.get(partition) is not ledger:
                 return  # revoked meanwhile: whoever counts it next finds the gap and reads it
         expected = ledger.next_offset()
-        skipped = False
         if expected is not None and msg.offset > expected:
             await self._fill_gap(ledger, partition, expected, msg.offset)
-            skipped = True
-        if first or skipped:
-            # Every offset before this record is now applied: held by the ledger (its replays
-            # are skipped whole) or just read back. faust must know it, or its committed offset
-            # stays behind any hole in what it delivered, for good: it commits only offsets
-            # contiguous with its last commit, and after a restart it may start past that.
-            await self._done_before(partition, msg.offset)
         now_ms = int(self.clock() * 1000)
         timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
         self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
@@ -165,11 +172,6 @@ class Counter:
                 end - 1,
             )
 
-    async def _done_before(self, partition: int, offset: int) -> None:
-        """Tell faust's consumer every offset of `partition` before `offset` is done (only those
-        it has not seen acknowledged: `meter.adapters.commit_gaps`)."""
-        await self.commit_gaps.done_before(partition, offset)
-
     async def _bootstrap(self, partition: int) -> PartitionLedger:
         store = self.app.store
         ledger = PartitionLedger(partition, self.policy, self.ledger_settings, store)
@@ -229,7 +231,7 @@ class Counter:
         # them, and a new owner (restored from the changelog) would publish them again. Only the
         # changelog records are waited for (each until Kafka acknowledged it), not everything the
         # producer holds: the router's routed records would add their latency to every alert.
-        await tracker_of(self.app.faust).wait()
+        await tracker_of(self.app.faust).wait_queued()
         futures = []
         for p in batch:
             name = self._topic_name(p.record.kind)

@@ -18,6 +18,7 @@ from faust.types import TP
 
 from meter.adapters.app import build_app, die
 from meter.adapters.counter import Counter
+from meter.adapters.routed_offsets import COMMIT_INTERVAL_S
 from meter.adapters.router import Router
 from meter.adapters.telemetry import PartitionState, Telemetry
 from meter.config import WorkerSettings
@@ -49,7 +50,9 @@ class MeterWorker:
         self.router = Router(settings, policy, bootstrap, telemetry, self._send, clock)
         self.app.task(self._run_router)
         self.app.agent(self._routed, name="count")(self._count)
+        self.app.timer(COMMIT_INTERVAL_S, name="commit-routed")(self._commit)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         telemetry.install(self.app, self)
 
     @property
@@ -94,9 +97,31 @@ class MeterWorker:
             except Exception as exc:
                 die("count", exc)
 
+    async def _commit(self) -> None:
+        """Commit the routed offsets the ledgers applied (`meter.adapters.routed_offsets`)."""
+        if self.app.rebalancing:
+            return  # the revoke handler commits what leaves; the rest waits for the next tick
+        await self._commit_safely(None)
+
+    async def _commit_safely(self, partitions: list[int] | None) -> None:
+        # A commit that fails costs a replay at the next start, never a count: log, go on.
+        try:
+            await self.counter.commit(partitions)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not commit the routed offsets (retried): %r", exc)
+
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        # faust has waited for the records in hand to be processed: what the ledgers applied is
+        # committed before the partitions go (their next owner starts there).
         routed = self.settings.routed_topic
-        self.counter.revoked(tp.partition for tp in revoked if tp.topic == routed)
+        partitions = [tp.partition for tp in revoked if tp.topic == routed]
+        await self._commit_safely(partitions)
+        self.counter.revoked(partitions)
+
+    async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        await self._commit_safely(None)
 
     # -- what /metrics sees (`meter.adapters.telemetry.Observed`) -------------------------------
     def cap_usages(self) -> Iterable[CapUsage]:

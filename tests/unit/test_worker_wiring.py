@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
-from intervaltree import IntervalTree
 from prometheus_client import CollectorRegistry
 
+from meter.adapters.changelog import ChangelogTracker
 from meter.adapters.policy_file import read_policy
+from meter.adapters.routed_offsets import RoutedOffsets
 from meter.adapters.router import Router, _Rebalance, routes
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.wire import (
@@ -156,23 +155,41 @@ class DictStore:
         return list(self.data.items())
 
 
+class CommitLog:
+    """faust's consumer as the worker's commits see it: an assignment, and what was committed."""
+
+    def __init__(self, assigned: set[TP], accept: bool = True) -> None:
+        self.assigned = assigned
+        self.accept = accept
+        self.commits: list[dict[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        return self.accept
+
+
 @pytest.mark.parametrize(
-    ("first_delivered", "read_back"),
+    ("first_delivered", "read_back", "commit"),
     [
-        (30, None),  # after a restart: faust starts past its commit, at records the ledger has
-        (120, (51, 120)),  # and beyond them: the counter reads 51..119 back itself
+        (2, None, 51),  # a restart replays from faust's commit: skipped whole
+        (30, None, 51),  # faust starts past its commit, at records the ledger has
+        (120, (51, 120), 121),  # and beyond them: the counter reads 51..119 back itself
     ],
 )
-def test_faust_can_commit_past_every_offset_it_did_not_deliver(
+def test_the_routed_offset_committed_is_what_the_ledger_applied_whatever_faust_delivered(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     first_delivered: int,
     read_back: tuple[int, int] | None,
+    commit: int,
 ) -> None:
-    """faust committed offset 1 of a routed partition, but the ledger (restored from the
-    changelog) holds every record up to 50, and the first record faust delivers is beyond 2.
-    faust must be told every offset before it is done, or its committed offset stays at 1 for
-    good (it commits only a run of offsets contiguous with its last commit)."""
+    """The group's committed offset of a routed partition is 1, the ledger (restored from the
+    changelog) holds every record up to 50, and faust delivers first the record at
+    `first_delivered`. faust's own commit for the routed topic is off (it stayed at 1 for good in
+    such a case in CI); the worker commits what the ledger applied."""
     policy = read_policy(EXAMPLE)
     tls = KafkaSecurity(protocol="SSL")
     settings = WorkerSettings(
@@ -181,12 +198,9 @@ def test_faust_can_commit_past_every_offset_it_did_not_deliver(
     worker = MeterWorker(
         settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
     )
+    assert worker._routed.acks is False  # faust commits nothing of the routed topic
     tp = TP(settings.routed_topic, 0)
-    consumer = FaustConsumer.__new__(FaustConsumer)  # faust's own commit arithmetic, no client
-    consumer._committed_offset = defaultdict(lambda: None, {tp: 1})
-    consumer._acked = defaultdict(list)
-    consumer._gap = defaultdict(IntervalTree)
-    consumer._acked_index = defaultdict(set)
+    consumer = CommitLog({tp, TP(settings.routed_topic, 1)})
     worker.app._consumer = consumer
     reads: list[tuple[int, int]] = []
 
@@ -207,10 +221,64 @@ def test_faust_can_commit_past_every_offset_it_did_not_deliver(
     monkeypatch.setattr("meter.adapters.counter.read_range", read_range)
     monkeypatch.setattr(worker.counter, "_bootstrap", bootstrap)
     msg = SimpleNamespace(partition=0, offset=first_delivered, timestamp=None, value=TICK)
-    asyncio.run(worker.counter.count(msg))
-    consumer._acked[tp].append(first_delivered)  # faust acks the record once counted
+
+    async def run() -> None:
+        await worker.counter.count(msg)
+        await worker._commit()
+        await worker._commit()  # nothing new: nothing committed again
+
+    asyncio.run(run())
     assert reads == ([read_back] if read_back else [])
-    assert FaustConsumer._new_offset(consumer, tp) == first_delivered + 1
+    assert consumer.commits == [{tp: commit}]
+
+
+def test_routed_offsets_are_committed_after_the_changelog_records_queued_before_them() -> None:
+    tracker = ChangelogTracker(lambda exc: None)
+    tp0, tp1 = TP("routed", 0), TP("routed", 1)
+    consumer = CommitLog({tp0, tp1})
+    offsets = RoutedOffsets(lambda: consumer, "routed", lambda: tracker)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        before: asyncio.Future[None] = loop.create_future()
+        tracker.track(before)
+        committing = asyncio.create_task(offsets.commit({0: 10, 2: 7}))
+        await asyncio.sleep(0.01)
+        assert not committing.done()  # waits for the changelog record queued before
+        after: asyncio.Future[None] = loop.create_future()
+        tracker.track(after)  # queued after the commit began: not waited for
+        before.set_result(None)
+        assert await asyncio.wait_for(committing, 1) == {0: 10}  # partition 2 is not assigned
+        after.set_result(None)
+        assert await offsets.commit({0: 10, 1: 3}) == {1: 3}  # 0 is not ahead: not again
+        offsets.forget([0])  # revoked: its next commit starts afresh
+        consumer.accept = False  # the group rebalanced meanwhile
+        assert await offsets.commit({0: 10}) == {}
+        assert offsets.committed == {1: 3}
+
+    asyncio.run(run())
+    assert consumer.commits == [{tp0: 10}, {tp1: 3}, {tp0: 10}]
+
+
+def test_a_rebalance_commits_what_leaves_before_it_goes(tmp_path: Path) -> None:
+    policy = read_policy(EXAMPLE)
+    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    worker = MeterWorker(
+        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
+    )
+    topic = settings.routed_topic
+    consumer = CommitLog({TP(topic, 0), TP(topic, 1)})
+    worker.app._consumer = consumer
+    for p, last in ((0, 40), (1, 7)):
+        ledger = PartitionLedger(p, policy, LedgerSettings(), DictStore())
+        ledger.durable_offset = ledger.meta.last_offset = last
+        worker.counter.ledgers[p] = ledger
+    worker.app.rebalancing = True  # the periodic commit waits out a rebalance
+    asyncio.run(worker._commit())
+    assert consumer.commits == []
+    asyncio.run(worker._on_revoked(worker.app, {TP(topic, 1), TP("other", 1)}))
+    assert consumer.commits == [{TP(topic, 1): 8}]
+    assert set(worker.counter.ledgers) == {0}
 
 
 def test_the_router_counts_each_event_no_later_than_its_arrival(tmp_path: Path) -> None:
