@@ -442,9 +442,16 @@ def test_readiness_waits_for_the_feed(stack: Stack, tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         wait_until(lambda: get(port, "/healthz").status == 200, 60, what="api alive")
-        reply = get(port, "/readyz")
-        assert reply.status == 503
-        assert "does not exist yet" in reply.json()["waiting_for"][0]
+
+        def waiting_for() -> str:
+            reply = get(port, "/readyz")
+            assert reply.status == 503  # never ready: there is no feed to catch up with
+            reason: str = reply.json()["waiting_for"][0]
+            return reason
+
+        # Alive before it has reached Kafka ("connecting to Kafka"); then it names the feed.
+        wait_until(lambda: "does not exist yet" in waiting_for(), 60,
+                   what="readiness to name the missing feed")  # fmt: skip
         usage = get(port, "/v1/apps/acme-1/usage")
         assert usage.status == 503
         assert usage.headers["Retry-After"] == "5"
