@@ -5,7 +5,9 @@ faust's consumer can drop records from its buffers in a rebalance, and a committ
 ahead of the changelog a ledger is restored from. The routed topic's offsets are contiguous (it is
 written without transactions, so it holds no control records), so the ledger remembers the last
 offset it saw: a record further on than the next one reveals records it missed, and the counter
-reads those itself, by offset, before it goes on. Records it already applied are skipped whole.
+reads those itself, by offset, before it goes on. A ledger with no state at all has applied
+nothing, so it expects the partition's first record: one that is handed a later record first reads
+back from there. Records it already applied are skipped whole.
 The offsets to resume from are committed from the ledgers (`meter.adapters.routed_offsets`).
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 from meter.adapters.app import App
 from meter.adapters.changelog import tracker_of
 from meter.adapters.outbox import ID_HEADER, already_published
-from meter.adapters.partition_reads import read_range
+from meter.adapters.partition_reads import first_offset, read_range
 from meter.adapters.routed_offsets import RoutedOffsets
 from meter.adapters.telemetry import PartitionState, Telemetry
 from meter.adapters.wire import TICK, Report, decode_routed, ingest_time
@@ -61,6 +63,8 @@ class Counter:
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
+        self.starts: dict[int, int] = {}
+        """Where the routed partitions whose ledgers have no state start (their log start)."""
         self.in_flight: dict[int, int] = {}
         """Outputs handed to the producer and not yet acknowledged by Kafka, per partition."""
         self.offsets = RoutedOffsets(
@@ -87,6 +91,7 @@ class Counter:
         for p in gone:
             self.ledgers.pop(p, None)
             self.unsent.pop(p, None)
+            self.starts.pop(p, None)
         self.offsets.forget(gone)
 
     async def commit(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
@@ -110,6 +115,8 @@ class Counter:
             if self.ledgers.get(partition) is not ledger:
                 return  # revoked meanwhile: whoever counts it next finds the gap and reads it
         expected = ledger.next_offset()
+        if expected is None:  # nothing applied yet: everything the partition has is due
+            expected = self.starts.get(partition)
         if expected is not None and msg.offset > expected:
             await self._fill_gap(ledger, partition, expected, msg.offset)
         now_ms = int(self.clock() * 1000)
@@ -183,6 +190,15 @@ class Counter:
             remaining = [p for p in pending if p.record.id not in published]
             if remaining:
                 self.unsent[partition] = remaining
+        if ledger.next_offset() is None:
+            # No state: this partition's records were never applied (the meta key, written with
+            # every flush, is never deleted). faust may hand over a later record first (it can
+            # drop fetched records in a rebalance and, with no committed offset, go on past
+            # them): the counter must know where the partition starts to notice that.
+            self.starts[partition] = await first_offset(
+                self.bootstrap, self.settings.routed_topic, partition,
+                security=self.settings.kafka_security,
+            )  # fmt: skip
         self.ledgers[partition] = ledger
         return ledger
 

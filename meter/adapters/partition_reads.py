@@ -68,6 +68,19 @@ async def read_range(
     return await retrying(f"reading {topic}[{partition}] {start}..{end - 1}", attempt)
 
 
+async def first_offset(
+    bootstrap: str, topic: str, partition: int, *, security: KafkaSecurity
+) -> int:
+    """The offset of the first record one partition still has (its log start offset)."""
+
+    async def attempt() -> int:
+        reading = partition_consumer(bootstrap, topic, partition, security=security)
+        async with reading as (consumer, tp):
+            return int((await consumer.beginning_offsets([tp]))[tp])
+
+    return await retrying(f"reading where {topic}[{partition}] starts", attempt)
+
+
 READ_ERRORS = (KafkaError, OSError, TimeoutError)
 MAX_BACKOFF_S = 30.0
 

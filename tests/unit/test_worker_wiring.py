@@ -232,6 +232,46 @@ def test_the_routed_offset_committed_is_what_the_ledger_applied_whatever_faust_d
     assert consumer.commits == [{tp: commit}]
 
 
+def test_a_ledger_with_no_state_reads_back_from_the_partitions_first_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker was killed before any of its changelog records reached Kafka, and before it
+    committed; the next one has no state for the partition, and faust hands it record 7 first
+    (it dropped records 0..6 from its buffers in a rebalance, and with no committed offset it
+    went on past them). Those calls were lost in a soak run: the counter must read them back."""
+    policy = read_policy(EXAMPLE)
+    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    worker = MeterWorker(
+        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
+    )
+    tp = TP(settings.routed_topic, 0)
+    consumer = CommitLog({tp})
+    worker.app._consumer = consumer
+    worker.counter.app.store = DictStore()  # type: ignore[assignment]  # no state at all
+    reads: list[tuple[int, int]] = []
+
+    async def first_offset(bootstrap: str, topic: str, p: int, *, security: object) -> int:
+        return 0
+
+    async def read_range(
+        bootstrap: str, topic: str, p: int, start: int, end: int, *, security: object
+    ) -> list[object]:
+        reads.append((start, end))
+        return [(o, TICK, 0) for o in range(start, end)]
+
+    monkeypatch.setattr("meter.adapters.counter.first_offset", first_offset)
+    monkeypatch.setattr("meter.adapters.counter.read_range", read_range)
+    msg = SimpleNamespace(partition=0, offset=7, timestamp=None, value=TICK)
+
+    async def run() -> None:
+        await worker.counter.count(msg)
+        await worker._commit()
+
+    asyncio.run(run())
+    assert reads == [(0, 7)]
+    assert consumer.commits == [{tp: 8}]
+
+
 def test_routed_offsets_are_committed_after_the_changelog_records_queued_before_them() -> None:
     tracker = ChangelogTracker(lambda exc: None)
     tp0, tp1 = TP("routed", 0), TP("routed", 1)
