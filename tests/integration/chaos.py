@@ -83,6 +83,7 @@ def one_round(bootstrap: str, workdir: Path, seed: int, events: int, max_workers
         print(f"  {time.monotonic() - started:6.1f}s {text}", flush=True)
 
     print(f"round: seed {seed}, group {d.group}, work dir {workdir}", flush=True)
+    exact = False
     try:
         batches = stream(rng, n=events, retries=0.05)
         sent = [ev for b in batches for ev in b]
@@ -110,9 +111,18 @@ def one_round(bootstrap: str, workdir: Path, seed: int, events: int, max_workers
             time.sleep(3)
             raise
         log("exact: every window total and alert as expected")
+        exact = True
     finally:
-        d.stop_all()
-        d.close()
+        try:
+            d.stop_all()
+        except AssertionError as exc:
+            # A worker that does not stop must not hide why the round failed: its error is
+            # raised `from None`, and a round's own assertion was once lost behind it.
+            log(f"stopping the workers failed: {str(exc).splitlines()[0]}")
+            if exact:
+                raise
+        finally:
+            d.close()
 
 
 def main(argv: list[str] | None = None) -> int:
