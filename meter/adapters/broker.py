@@ -26,16 +26,7 @@ log = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
-_SERVER_PROPERTIES = """\
-# Written by `meter kafka start`; edits are overwritten on the next start.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{host}:{controller_port}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-advertised.listeners=PLAINTEXT://{host}:{port}
-inter.broker.listener.name=PLAINTEXT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+STORAGE_PROPERTIES = """\
 log.dirs={data_dir}
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -47,8 +38,25 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=16777216
-auto.create.topics.enable=true
 """
+"""Where data goes and the single-node settings of the internal topics, shared by the local
+brokers (`meter kafka start`, with and without `--secure`)."""
+
+_SERVER_PROPERTIES = (
+    """\
+# Written by `meter kafka start`; edits are overwritten on the next start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{controller_port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+"""
+    + STORAGE_PROPERTIES
+    + "auto.create.topics.enable=true\n"
+)
 
 
 class BrokerError(MeterError):

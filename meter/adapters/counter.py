@@ -63,8 +63,6 @@ class Counter:
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
-        self.starts: dict[int, int] = {}
-        """Where the routed partitions whose ledgers have no state start (their log start)."""
         self.in_flight: dict[int, int] = {}
         """Outputs handed to the producer and not yet acknowledged by Kafka, per partition."""
         self.offsets = RoutedOffsets(
@@ -91,7 +89,6 @@ class Counter:
         for p in gone:
             self.ledgers.pop(p, None)
             self.unsent.pop(p, None)
-            self.starts.pop(p, None)
         self.offsets.forget(gone)
 
     async def commit(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
@@ -110,13 +107,13 @@ class Counter:
         then publish the partition's outputs."""
         partition = msg.partition
         ledger = self.ledgers.get(partition)
+        expected: int | None
         if ledger is None:
-            ledger = await self._bootstrap(partition)
+            ledger, expected = await self._bootstrap(partition)
             if self.ledgers.get(partition) is not ledger:
                 return  # revoked meanwhile: whoever counts it next finds the gap and reads it
-        expected = ledger.next_offset()
-        if expected is None:  # nothing applied yet: everything the partition has is due
-            expected = self.starts.get(partition)
+        else:
+            expected = ledger.next_offset()
         if expected is not None and msg.offset > expected:
             await self._fill_gap(ledger, partition, expected, msg.offset)
         now_ms = int(self.clock() * 1000)
@@ -179,7 +176,8 @@ class Counter:
                 end - 1,
             )
 
-    async def _bootstrap(self, partition: int) -> PartitionLedger:
+    async def _bootstrap(self, partition: int) -> tuple[PartitionLedger, int]:
+        """The partition's ledger rebuilt from the table, and the routed offset it expects."""
         store = self.app.store
         ledger = PartitionLedger(partition, self.policy, self.ledger_settings, store)
         pending = ledger.bootstrap(store.items())
@@ -190,17 +188,18 @@ class Counter:
             remaining = [p for p in pending if p.record.id not in published]
             if remaining:
                 self.unsent[partition] = remaining
-        if ledger.next_offset() is None:
+        expected = ledger.next_offset()
+        if expected is None:
             # No state: this partition's records were never applied (the meta key, written with
-            # every flush, is never deleted). faust may hand over a later record first (it can
-            # drop fetched records in a rebalance and, with no committed offset, go on past
-            # them): the counter must know where the partition starts to notice that.
-            self.starts[partition] = await first_offset(
+            # every flush, is never deleted), so its first record is due. faust may hand over a
+            # later one first (it can drop fetched records in a rebalance and, with no committed
+            # offset, go on past them): the counter must know where the partition starts.
+            expected = await first_offset(
                 self.bootstrap, self.settings.routed_topic, partition,
                 security=self.settings.kafka_security,
             )  # fmt: skip
         self.ledgers[partition] = ledger
-        return ledger
+        return ledger, expected
 
     # -- publishing ----------------------------------------------------------------------------
     async def _published_ids(self, partition: int, pending: list[Pending]) -> set[str]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from meter.adapters.broker import BrokerError, BrokerLayout, LocalBroker
+from meter.adapters.broker import STORAGE_PROPERTIES, BrokerError, BrokerLayout, LocalBroker
 from meter.adapters.certificates import private_dir, write_broker_certificates, write_private
 from meter.adapters.kafka_security import kafka_python_args
 from meter.config import WORKER_OPTIONS, KafkaSecurity, default_state_dir, load
@@ -35,7 +35,8 @@ PRODUCER = "producer"
 USERS = (ADMIN, METER, PRODUCER)
 MECHANISM = "SCRAM-SHA-512"
 
-_SECURE_PROPERTIES = """\
+_SECURE_PROPERTIES = (
+    """\
 # Written by `meter kafka start --secure`; edits are overwritten on the next start.
 process.roles=broker,controller
 node.id=1
@@ -65,19 +66,10 @@ ssl.truststore.location={ca_cert}
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{admin}
 allow.everyone.if.no.acl.found=false
-log.dirs={data_dir}
-num.partitions=4
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-log.cleaner.dedupe.buffer.size=16777216
-auto.create.topics.enable=false
 """
+    + STORAGE_PROPERTIES
+    + "auto.create.topics.enable=false\n"
+)
 
 
 def secure_layout(flags: Mapping[str, object | None], env: Mapping[str, str]) -> BrokerLayout:

@@ -38,14 +38,35 @@ from meter.core.ledger import LedgerSettings, PartitionLedger
 EXAMPLE = Path(__file__).parents[2] / "meter" / "examples" / "demo-2022.yaml"
 
 
+def worker_for(settings: WorkerSettings) -> MeterWorker:
+    """A worker built (not started) for `settings` and the example policy."""
+    policy = read_policy(EXAMPLE)
+    return MeterWorker(settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10))
+
+
+def router_with(
+    settings: WorkerSettings, now_ms: int, sent: list[tuple[str, dict[str, object]]]
+) -> Router:
+    """A router for the example policy whose sends are appended to `sent` and succeed."""
+    policy = read_policy(EXAMPLE)
+
+    async def send(topic: str, **kw: object) -> asyncio.Future[None]:
+        sent.append((topic, kw))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    return Router(
+        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10), send,
+        lambda: now_ms / 1000,
+    )  # fmt: skip
+
+
 def test_the_producer_is_idempotent_so_a_retried_send_is_not_written_twice(
     tmp_path: Path,
 ) -> None:
-    policy = read_policy(EXAMPLE)
     settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
-    worker = MeterWorker(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
-    )
+    worker = worker_for(settings)
 
     async def build() -> object:
         return worker.app.producer._new_producer()
@@ -97,13 +118,10 @@ def test_an_unknown_app_claiming_an_org_is_routed_to_both_owners() -> None:
 
 
 def test_the_session_timeout_reaches_both_consumer_groups(tmp_path: Path) -> None:
-    policy = read_policy(EXAMPLE)
     settings = WorkerSettings(
         policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path, session_timeout_ms=10_000
     )
-    worker = MeterWorker(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
-    )
+    worker = worker_for(settings)
     assert worker.app.conf.broker_session_timeout == 10.0
     assert worker.app.conf.broker_heartbeat_interval == 1.0
     router = worker.router.consumer_settings()
@@ -195,9 +213,7 @@ def test_the_routed_offset_committed_is_what_the_ledger_applied_whatever_faust_d
     settings = WorkerSettings(
         policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path, kafka_security=tls
     )
-    worker = MeterWorker(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
-    )
+    worker = worker_for(settings)
     assert worker._routed.acks is False  # faust commits nothing of the routed topic
     tp = TP(settings.routed_topic, 0)
     consumer = CommitLog({tp, TP(settings.routed_topic, 1)})
@@ -214,9 +230,9 @@ def test_the_routed_offset_committed_is_what_the_ledger_applied_whatever_faust_d
     restored = PartitionLedger(0, policy, LedgerSettings(), DictStore())
     restored.durable_offset = restored.meta.last_offset = 50
 
-    async def bootstrap(partition: int) -> PartitionLedger:
+    async def bootstrap(partition: int) -> tuple[PartitionLedger, int | None]:
         worker.counter.ledgers[partition] = restored
-        return restored
+        return restored, restored.next_offset()
 
     monkeypatch.setattr("meter.adapters.counter.read_range", read_range)
     monkeypatch.setattr(worker.counter, "_bootstrap", bootstrap)
@@ -239,11 +255,8 @@ def test_a_ledger_with_no_state_reads_back_from_the_partitions_first_record(
     committed; the next one has no state for the partition, and faust hands it record 7 first
     (it dropped records 0..6 from its buffers in a rebalance, and with no committed offset it
     went on past them). Those calls were lost in a soak run: the counter must read them back."""
-    policy = read_policy(EXAMPLE)
     settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
-    worker = MeterWorker(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
-    )
+    worker = worker_for(settings)
     tp = TP(settings.routed_topic, 0)
     consumer = CommitLog({tp})
     worker.app._consumer = consumer
@@ -303,9 +316,7 @@ def test_routed_offsets_are_committed_after_the_changelog_records_queued_before_
 def test_a_rebalance_commits_what_leaves_before_it_goes(tmp_path: Path) -> None:
     policy = read_policy(EXAMPLE)
     settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
-    worker = MeterWorker(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10)
-    )
+    worker = worker_for(settings)
     topic = settings.routed_topic
     consumer = CommitLog({TP(topic, 0), TP(topic, 1)})
     worker.app._consumer = consumer
@@ -327,18 +338,8 @@ def test_the_router_counts_each_event_no_later_than_its_arrival(tmp_path: Path) 
     policy = read_policy(EXAMPLE)
     settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
     sent: list[tuple[str, dict[str, object]]] = []
-
-    async def send(topic: str, **kw: object) -> asyncio.Future[None]:
-        sent.append((topic, kw))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
     now = 1_646_136_000_000
-    router = Router(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10), send,
-        lambda: now / 1000,
-    )  # fmt: skip
+    router = router_with(settings, now, sent)
     router.sources.assigned([0], now_s=0)
     app = next(iter(policy.apps))
 
@@ -381,22 +382,10 @@ def test_a_router_reports_its_progress_before_its_partitions_move(tmp_path: Path
     have been reported when a rebalance takes the partitions away, and their next owner starts
     with no progress of its own: on revocation the router reports at once, or the watermarks
     would wait for the partitions to turn idle (seen: 1 run in 4 of the two-worker test)."""
-    policy = read_policy(EXAMPLE)
     settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
-    sent: list[bytes] = []
-
-    async def send(topic: str, **kw: object) -> asyncio.Future[None]:
-        if topic == settings.routed_topic:
-            sent.append(kw["value"])  # type: ignore[arg-type]
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
+    sent: list[tuple[str, dict[str, object]]] = []
     now = 1_646_136_000_000
-    router = Router(
-        settings, policy, "127.0.0.1:1", Telemetry(CollectorRegistry(), policy, 10), send,
-        lambda: now / 1000,
-    )  # fmt: skip
+    router = router_with(settings, now, sent)
     tp = TopicPartition(settings.input_topic, 1)
     router.sources.assigned([1], now_s=0)
     router.sources.routed(1, now - 5_000, now_s=0)  # a batch routed, not yet reported
@@ -407,6 +396,6 @@ def test_a_router_reports_its_progress_before_its_partitions_move(tmp_path: Path
         highwater=lambda tp: None,
     )
     asyncio.run(_Rebalance(router).on_partitions_revoked([tp]))
-    reports = [decode_routed(v) for v in sent]
+    reports = [decode_routed(kw["value"]) for topic, kw in sent if topic == settings.routed_topic]  # type: ignore[arg-type]
     assert len(reports) == settings.partitions  # one to every routed partition
     assert all(isinstance(r, Report) and r.sources[1][0] == now - 5_000 for r in reports)
