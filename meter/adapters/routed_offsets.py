@@ -2,8 +2,9 @@
 
 Each routed partition's ledger records the last routed offset it applied, and that record reaches
 the changelog with the state it describes. So the offset to resume from is known exactly: the
-ledger's next offset, once the changelog records queued so far are acknowledged by Kafka. This
-module commits that, every `interval` and when a rebalance takes partitions away.
+ledger's next offset, once the changelog records queued so far are acknowledged by Kafka. The
+worker commits that every `COMMIT_INTERVAL_S`, when a rebalance takes partitions away, and at a
+clean stop.
 
 faust's own commits for the routed topic are turned off (the topic is declared with `acks=False`).
 They came from its acknowledgement bookkeeping, which the counter could only patch from outside:
@@ -22,7 +23,6 @@ behind costs replay and one that is ahead costs a read, never a count.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,15 +30,14 @@ from faust.types import TP
 
 from meter.adapters.changelog import ChangelogTracker
 
-log = logging.getLogger(__name__)
-
 COMMIT_INTERVAL_S = 1.0
 """How often the applied offsets are committed (a restart replays at most about this much, and
 the replay is skipped whole by the ledgers)."""
 
 
 class RoutedOffsets:
-    """Commits `applied()` (partition -> next routed offset to read) for the routed topic."""
+    """Commits what the ledgers applied (partition -> next routed offset to read) for the routed
+    topic, through faust's consumer."""
 
     def __init__(
         self,

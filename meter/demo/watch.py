@@ -68,15 +68,13 @@ class AlertTail(threading.Thread):
             enable_auto_commit=False,
             **kafka_python_args(self.security),
         )
-        tps = [TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         ends: dict[TopicPartition, int] | None = None
         try:
+            tps = assign_from_start(consumer, self.topic)
             while True:
                 if self.stopping.is_set() and ends is None:
                     # Stopping: read on to the end offsets as of now, then stop.
-                    ends = consumer.end_offsets(list(consumer.assignment()))
+                    ends = consumer.end_offsets(tps)
                 if ends is not None and all(consumer.position(tp) >= e for tp, e in ends.items()):
                     return
                 for records in consumer.poll(timeout_ms=200).values():
@@ -88,6 +86,17 @@ class AlertTail(threading.Thread):
                             self.first_alert_s = time.monotonic() - self.started
         finally:
             consumer.close()
+
+
+def assign_from_start(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of `topic` to `consumer`, from the beginning; returns them."""
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    if not tps:
+        raise RuntimeError(f"topic {topic} has no partitions")
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return tps
 
 
 def read_topic(
@@ -103,12 +112,7 @@ def read_topic(
     )
     values: list[dict[str, Any]] = []
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            raise RuntimeError(f"topic {topic} has no partitions")
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        tps = assign_from_start(consumer, topic)
         ends = consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < end for tp, end in ends.items()):
