@@ -41,6 +41,7 @@ from bench.drain import Process, scrape
 from bench.infra import REPO, connect, kafka_version
 from bench.latency import percentile
 from bench.report import Machine
+from bench.sections import markers, write_section
 from meter.adapters.broker import free_port
 from meter.adapters.topics import TopicSpec, ensure_topics
 from tests.harness.postgres import postgres_server
@@ -50,7 +51,7 @@ log = logging.getLogger("bench.api")
 DAY_MS = 86_400_000
 START_MS = 1_646_092_800_000  # 2022-03-01
 ENDPOINTS = ("/2/tweets/search/recent", "/2/users/lookup", "/2/tweets")
-BEGIN, END = "<!-- bench.api -->", "<!-- /bench.api -->"
+BEGIN, END = markers("bench.api")
 
 
 def policy(apps: int, per_app: int) -> str:
@@ -272,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = section(result, machine, args)
     print(text)
     if args.out is not None:
-        write_section(args.out, text)
+        write_section(args.out, "bench.api", text)
     return 0
 
 
@@ -325,16 +326,6 @@ def section(r: dict[str, Any], m: Machine, args: argparse.Namespace) -> str:
         )
     lines += ["", END]
     return "\n".join(lines)
-
-
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + text + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    path.write_text(doc)
 
 
 if __name__ == "__main__":

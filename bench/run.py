@@ -31,6 +31,7 @@ from bench.drain import MeterTopics, PeerResult, run_meter, run_reporting_peer
 from bench.infra import REPO, connect, create_topics, fill, fill_single, kafka_version
 from bench.latency import run_latency
 from bench.report import Machine, Report, ordered, summarise_profile
+from bench.sections import other_sections
 from bench.subjects import many_orgs, unknown_events, write_policy, zipf_events
 from meter.adapters.topics import TopicSpec, ensure_topics
 
@@ -317,7 +318,8 @@ def finish(report: Report, args: argparse.Namespace, workdir: Path) -> None:
     if ANALYSIS.exists() and not args.smoke:
         report.analysis = ANALYSIS.read_text()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report.render())
+    kept = "" if args.smoke else other_sections(args.out)
+    args.out.write_text(report.render() + (f"\n{kept}\n" if kept else ""))
     doc = {
         "events": report.events,
         "partitions": report.partitions,
