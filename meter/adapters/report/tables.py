@@ -28,8 +28,8 @@ def _csv(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
     return out.getvalue().encode()
 
 
-def _sections(doc: Json, sid: str) -> dict[str, bytes]:
-    org, period, q = doc["org"], doc["period"], doc["data_quality"]
+def _about(doc: Json, sid: str) -> dict[str, bytes]:
+    org, period = doc["org"], doc["period"]
     about = [
         ("statement_sha256", sid),
         ("org_id", org["id"]),
@@ -49,10 +49,12 @@ def _sections(doc: Json, sid: str) -> dict[str, bytes]:
         ("alert_inputs", doc["inputs"]["alerts"]["count"]),
         ("alert_inputs_sha256", doc["inputs"]["alerts"]["sha256"]),
     ]
-    ru = doc["restricted_use"]
+    return {"statement.csv": _csv(["field", "value"], about)}
+
+
+def _usage(doc: Json) -> dict[str, bytes]:
     names = {a["id"]: a for a in doc["apps"]}
     return {
-        "statement.csv": _csv(["field", "value"], about),
         "totals.csv": _csv(
             ["calls", "records"], [[doc["totals"]["calls"], doc["totals"]["records"]]]
         ),
@@ -95,6 +97,11 @@ def _sections(doc: Json, sid: str) -> dict[str, bytes]:
                 for i, r in enumerate(doc["by_endpoint"]["rows"])
             ],
         ),
+    }
+
+
+def _caps_crossed(doc: Json) -> dict[str, bytes]:
+    return {
         "caps_crossed.csv": _csv(
             [
                 "crossed_at",
@@ -132,6 +139,12 @@ def _sections(doc: Json, sid: str) -> dict[str, bytes]:
                 for c in doc["caps_crossed"]
             ],
         ),
+    }
+
+
+def _restricted(doc: Json) -> dict[str, bytes]:
+    ru = doc["restricted_use"]
+    return {
         "restricted_by_month.csv": _csv(
             ["recipient", "month", "app", "calls", "records"],
             [
@@ -164,6 +177,12 @@ def _sections(doc: Json, sid: str) -> dict[str, bytes]:
                 for a in ru["alerts"]
             ],
         ),
+    }
+
+
+def _data_quality(doc: Json) -> dict[str, bytes]:
+    q = doc["data_quality"]
+    return {
         "data_quality.csv": _csv(
             ["measure", "value"],
             [(k, v) for k, v in q.items() if not isinstance(v, dict | list)]
@@ -178,7 +197,13 @@ def _sections(doc: Json, sid: str) -> dict[str, bytes]:
 
 def csv_files(doc: Json, sid: str) -> dict[str, bytes]:
     """File name -> bytes: every section's CSV and `manifest.json` (canonical JSON)."""
-    files = _sections(doc, sid)
+    files = {
+        **_about(doc, sid),
+        **_usage(doc),
+        **_caps_crossed(doc),
+        **_restricted(doc),
+        **_data_quality(doc),
+    }
     manifest = {
         "statement": sid,
         "files": [
