@@ -16,16 +16,10 @@ from meter.adapters.report.arguments import add_report_parser
 from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS, StatementSettings
 from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings, add_sink_arguments
 from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings
-from meter.config import (
-    KAFKA_SECURITY_OPTIONS,
-    WORKER_OPTIONS,
-    WorkerSettings,
-    add_arguments,
-    markdown_table,
-    variables_table,
-)
+from meter.config import KAFKA_SECURITY_OPTIONS, add_arguments, markdown_table, variables_table
 from meter.demo import add_demo_parser
 from meter.sim.command import add_simulate_parser
+from meter.worker_settings import WORKER_OPTIONS, WorkerSettings
 
 log = logging.getLogger("meter")
 

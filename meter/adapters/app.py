@@ -16,7 +16,7 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 
 from meter.adapters.changelog import ChangelogTracker, LedgerTable, tracker_of
 from meter.adapters.kafka_security import faust_args
-from meter.config import WorkerSettings
+from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

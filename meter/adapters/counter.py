@@ -27,10 +27,10 @@ from meter.adapters.partition_reads import first_offset, read_range
 from meter.adapters.routed_offsets import RoutedOffsets
 from meter.adapters.telemetry import PartitionState, Telemetry
 from meter.adapters.wire import TICK, Report, decode_routed, ingest_time
-from meter.config import WorkerSettings
 from meter.core.ledger import CapUsage, LedgerSettings, PartitionLedger, Pending
 from meter.core.outputs import ALERTS, DEAD_LETTERS, QUOTA
 from meter.core.policy import Policy
+from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from meter.adapters.wire import (
     ingest_time,
     routed_partition,
 )
-from meter.config import WorkerSettings
 from meter.core.events import ApiCall, Rejection, decode_record
 from meter.core.policy import Policy
+from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from meter.adapters.state_dir import discard_unless_clean, exclusive, mark_clean
 from meter.adapters.telemetry import Telemetry
 from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
 from meter.adapters.worker import MeterWorker
-from meter.config import WorkerSettings
 from meter.core.durations import DAY_MS
 from meter.core.errors import ConfigError, UnavailableError
 from meter.core.policy import Policy
+from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

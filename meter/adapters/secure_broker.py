@@ -22,7 +22,8 @@ from pathlib import Path
 from meter.adapters.broker import STORAGE_PROPERTIES, BrokerError, BrokerLayout, LocalBroker
 from meter.adapters.certificates import private_dir, write_broker_certificates, write_private
 from meter.adapters.kafka_security import kafka_python_args
-from meter.config import WORKER_OPTIONS, KafkaSecurity, default_state_dir, load
+from meter.config import KafkaSecurity, default_state_dir, load
+from meter.worker_settings import WORKER_OPTIONS
 
 log = logging.getLogger(__name__)
 

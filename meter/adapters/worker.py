@@ -21,9 +21,9 @@ from meter.adapters.counter import Counter
 from meter.adapters.routed_offsets import COMMIT_INTERVAL_S
 from meter.adapters.router import Router
 from meter.adapters.telemetry import PartitionState, Telemetry
-from meter.config import WorkerSettings
 from meter.core.ledger import CapUsage
 from meter.core.policy import Policy
+from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

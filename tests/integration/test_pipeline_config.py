@@ -16,7 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from meter.adapters.broker import free_port
 from meter.adapters.runner import prepare_topics
 from meter.adapters.topics import TopicSpec, ensure_topics
-from meter.config import WorkerSettings
+from meter.worker_settings import WorkerSettings
 from tests.harness.processes import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -17,8 +17,8 @@ import yaml
 
 from meter.adapters.policy_file import bundled_policy_path, read_policy
 from meter.cli import build_parser
-from meter.config import WorkerSettings
 from meter.core.policy import load_policy
+from meter.worker_settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -23,8 +23,9 @@ from meter.adapters.kafka_security import aiokafka_args, faust_args, kafka_pytho
 from meter.adapters.secure_broker import AclNames, SecureBroker, acl_bindings
 from meter.adapters.store.settings import StoreSettings
 from meter.cli import RedactingFormatter, build_parser
-from meter.config import KAFKA_SECURITY_OPTIONS, KafkaSecurity, WorkerSettings, kafka_secrets
+from meter.config import KAFKA_SECURITY_OPTIONS, KafkaSecurity, kafka_secrets
 from meter.core.errors import ConfigError
+from meter.worker_settings import WorkerSettings
 
 SECRET = "s3cr3t-Pa55word"
 

@@ -14,15 +14,9 @@ from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS
 from meter.adapters.sinks.settings import SINK_OPTIONS
 from meter.adapters.store.settings import STORE_OPTIONS
 from meter.cli import build_parser
-from meter.config import (
-    KAFKA_SECURITY_OPTIONS,
-    WORKER_OPTIONS,
-    Option,
-    WorkerSettings,
-    markdown_table,
-    variables_table,
-)
+from meter.config import KAFKA_SECURITY_OPTIONS, Option, markdown_table, variables_table
 from meter.core.errors import ConfigError
+from meter.worker_settings import WORKER_OPTIONS, WorkerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 GROUPS = {

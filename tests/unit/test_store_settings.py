@@ -10,8 +10,9 @@ import pytest
 
 from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings, redact_database
 from meter.cli import build_parser, main
-from meter.config import WORKER_OPTIONS, markdown_table
+from meter.config import markdown_table
 from meter.core.errors import ConfigError
+from meter.worker_settings import WORKER_OPTIONS
 
 
 def test_defaults_follow_the_state_dir_and_the_workers_names(tmp_path: Path) -> None:

@@ -31,9 +31,10 @@ from meter.adapters.wire import (
     ingest_time,
 )
 from meter.adapters.worker import MeterWorker
-from meter.config import KafkaSecurity, WorkerSettings
+from meter.config import KafkaSecurity
 from meter.core.events import ApiCall, Rejection
 from meter.core.ledger import LedgerSettings, PartitionLedger
+from meter.worker_settings import WorkerSettings
 
 EXAMPLE = Path(__file__).parents[2] / "meter" / "examples" / "demo-2022.yaml"
 

@@ -12,7 +12,6 @@ from meter.adapters.store.settings import DATABASE, redact_database
 from meter.config import (
     BOOTSTRAP,
     POLICY,
-    WORKER_OPTIONS,
     Env,
     KafkaSecurity,
     Option,
@@ -22,6 +21,7 @@ from meter.config import (
     positive_ms,
 )
 from meter.core.errors import ConfigError
+from meter.worker_settings import WORKER_OPTIONS
 
 QUOTA_TOPIC = next(o for o in WORKER_OPTIONS if o.flag == "--quota-topic")
 HOST = Option(

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from meter.adapters.store.settings import DATABASE
-from meter.config import POLICY, WORKER_OPTIONS, Env, Option, load
+from meter.config import POLICY, Env, Option, load
 from meter.core.errors import ConfigError
 from meter.core.statement import Rules
+from meter.worker_settings import WORKER_OPTIONS
 
 __all__ = [
     "KEY_HINT",

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from meter.adapters.kafka_security import PLAINTEXT
 from meter.config import (
     BOOTSTRAP,
-    WORKER_OPTIONS,
     Env,
     KafkaSecurity,
     Option,
@@ -26,6 +25,7 @@ from meter.config import (
     positive_int,
     positive_ms,
 )
+from meter.worker_settings import WORKER_OPTIONS
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _PASSWORD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@")
