@@ -1,21 +1,32 @@
 """Every setting is declared once: the loaders, the command line and the README's tables derive
-from the declarations, and their documented defaults are their real defaults."""
+from the declarations, their documented defaults are their real defaults, and the settings
+objects' copies of those defaults (the core's too) equal them."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from meter.adapters.api.settings import API_OPTIONS
-from meter.adapters.broker import BROKER_OPTIONS
+from meter.adapters.api.settings import API_OPTIONS, ApiSettings
+from meter.adapters.broker import BROKER_OPTIONS, BrokerLayout
 from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS
-from meter.adapters.sinks.settings import SINK_OPTIONS
-from meter.adapters.store.settings import STORE_OPTIONS
+from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings
+from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings
 from meter.cli import build_parser
-from meter.config import KAFKA_SECURITY_OPTIONS, Option, markdown_table, variables_table
+from meter.config import (
+    KAFKA_SECURITY_OPTIONS,
+    KafkaSecurity,
+    Option,
+    markdown_table,
+    variables_table,
+)
 from meter.core.errors import ConfigError
+from meter.core.ledger import LedgerSettings
+from meter.core.statement import Rules
 from meter.worker_settings import WORKER_OPTIONS, WorkerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -54,6 +65,37 @@ def test_a_documented_default_is_the_real_default(option: Option) -> None:
         assert str(option.default).endswith(shown)
     else:
         assert option.parse(shown) == option.default
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+SETTINGS_OBJECTS: list[tuple[type, tuple[Option, ...]]] = [
+    (WorkerSettings, WORKER_OPTIONS),
+    (SinkSettings, SINK_OPTIONS),
+    (StoreSettings, STORE_OPTIONS),
+    (ApiSettings, API_OPTIONS),
+    (BrokerLayout, BROKER_OPTIONS),
+    (KafkaSecurity, KAFKA_SECURITY_OPTIONS),
+    (LedgerSettings, WORKER_OPTIONS),  # the core cannot import the options: it repeats them
+    (Rules, WORKER_OPTIONS),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "option"),
+    [
+        pytest.param(cls, o, id=f"{cls.__name__}.{o.field}")
+        for cls, options in SETTINGS_OBJECTS
+        for o in options
+        if not callable(o.default) and o.field in _field_defaults(cls)
+    ],
+)
+def test_a_settings_object_defaults_to_its_options_default(cls: type, option: Option) -> None:
+    """A settings dataclass repeats its options' defaults (so it can be built without loading);
+    the copies never drift from the declarations."""
+    assert _field_defaults(cls)[option.field] == option.default
 
 
 def test_every_option_is_a_flag_of_its_command_that_names_its_variable() -> None:
