@@ -44,11 +44,11 @@ from bench.report import Machine
 from bench.sections import markers, write_section
 from meter.adapters.broker import free_port
 from meter.adapters.topics import TopicSpec, ensure_topics
+from meter.core.durations import DAY_MS
 from tests.harness.postgres import postgres_server
 
 log = logging.getLogger("bench.api")
 
-DAY_MS = 86_400_000
 START_MS = 1_646_092_800_000  # 2022-03-01
 ENDPOINTS = ("/2/tweets/search/recent", "/2/users/lookup", "/2/tweets")
 BEGIN, END = markers("bench.api")

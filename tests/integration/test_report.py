@@ -28,6 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from meter.adapters.api.auth import digest
 from meter.adapters.broker import free_port
+from meter.core.durations import DAY_MS
 from meter.sim.command import add_simulate_parser
 from meter.sim.truth import Truth, load_truth
 from tests.harness.browser import dump_dom, parse, screenshot
@@ -42,7 +43,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 HMAC_KEY = "integration-test-statement-key"
 CLOSE_AT = "2023-03-01T00:00"
 """Every input partition is pushed here: 2022's windows are past every horizon (final)."""
-DAY_MS = 86_400_000
 REPORT_ARTIFACT = REPO / "var" / "artifacts" / "statement-2022.png"
 
 
