@@ -1,5 +1,6 @@
 """A per-test meter deployment: its group, topics, policy, data dirs and worker processes, with
-what a test does to it (send, push event time, wait until settled, read outputs, evict members)."""
+what a test does to it (send and push event time: `tests.harness.producer`; wait until settled,
+read outputs, evict members)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.admin import MemberToRemove
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from meter.adapters.broker import free_port
 from meter.adapters.topics import TopicSpec, ensure_topics
-from tests.harness.data import Event, dumps, event, values_of
-from tests.harness.kafka import produce, read_all
+from tests.harness.data import values_of
+from tests.harness.kafka import read_all
 from tests.harness.oracle import WindowKey, window_key
 from tests.harness.processes import WorkerProcess, _names_port, wait_until
+from tests.harness.producer import Producing
 
 
 @dataclass
-class Deployment:
+class Deployment(Producing):
     """One meter deployment for one test: its group, topics, policy and worker processes."""
 
     bootstrap: str
@@ -148,57 +150,6 @@ class Deployment:
             f"--- {w.log_path.name} (exit {w.poll()}) ---\n{w.log_tail(chars)}"
             for w in self.workers
         )
-
-    # input --------------------------------------------------------------------------------
-    def send(
-        self,
-        values: Sequence[bytes | None],
-        *,
-        keys: Sequence[bytes | None] | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> int:
-        return produce(
-            self.bootstrap,
-            self.input_topic,
-            values,
-            keys=keys,
-            headers=headers,
-            partition=partition,
-        )
-
-    def send_events(
-        self,
-        events: Sequence[Event],
-        *,
-        keys: Sequence[bytes | None] | None = None,
-        partition: int | None = None,
-    ) -> int:
-        """One plain JSON event per record."""
-        return self.send([dumps(e) for e in events], keys=keys, partition=partition)
-
-    def push(self, time_ms: int, apps: Sequence[str]) -> list[Event]:
-        """One event of each app at `time_ms` on every input partition: every input partition's
-        event time reaches `time_ms`, so every window that ends a grace before it closes. Returns
-        the events sent (they count, in windows at `time_ms`)."""
-        partitions = self.input_partitions or self.partitions
-        sent = []
-        for p in range(partitions):
-            events = [event(f"push-{app}-{time_ms}-{p}", time_ms, app) for app in apps]
-            self.send_events(events, partition=p)
-            sent += events
-        return sent
-
-    def send_routed(self, values: Sequence[bytes], key: bytes) -> list[tuple[int, int]]:
-        """Write records straight to the routed topic (as the router would): (partition,
-        offset) of each."""
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
-        try:
-            futures = [producer.send(self.routed_topic, value=v, key=key) for v in values]
-            producer.flush(timeout=30)
-            return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
-        finally:
-            producer.close()
 
     def commit_counter_offset(self, partition: int, offset: int) -> None:
         """Set the counting group's committed offset on a routed partition (no worker running)."""
@@ -434,21 +385,6 @@ class Deployment:
                         admin.remove_group_members(name, dead)
         finally:
             admin.close()
-
-    def send_each(
-        self, records: Sequence[tuple[bytes | None, list[tuple[str, bytes]]]], partition: int = 0
-    ) -> list[tuple[int, int]]:
-        """Send (value, headers) records in order to one input partition; their offsets."""
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
-        try:
-            futures = [
-                producer.send(self.input_topic, value=v, headers=h, partition=partition)
-                for v, h in records
-            ]
-            producer.flush(timeout=30)
-            return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
-        finally:
-            producer.close()
 
     def settled_windows(
         self, keys: Iterable[WindowKey], timeout: float = 120.0, quiet: float = 3.0
