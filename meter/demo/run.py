@@ -280,8 +280,12 @@ class Demo:
             f"{sent['duplicates']:,} gateway retries of calls already sent, plus "
             f"{sent['malformed']:,} malformed records",
             f"counted    each call once: {repeats:,} repeats dropped ({retries}); "
-            f"{late:,} {'call' if late == 1 else 'calls'} arrived after their window had closed "
-            "and amended it",
+            f"{late:,} "
+            + (
+                "call arrived after its window had closed and amended it"
+                if late == 1
+                else "calls arrived after their windows had closed and amended them"
+            ),
             f"rejected   {dead:,} malformed records, dead-lettered with their reasons",
             f"published  {windows:,} window records ({amendments:,} of them amendments) and "
             f"{alerts:,} alerts{when}",
