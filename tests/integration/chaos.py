@@ -6,13 +6,15 @@ Each round produces a stream of batches (with gateway retries: repeated ids) to 
 deployment while workers are SIGKILLed at random moments and restarted (with their data dir or a
 new one), stopped cleanly, or added (one to three workers at a time). Afterwards every window's
 final totals must be exact and every alert published exactly once (`finish_and_check`). A failed
-round keeps its work dir (worker logs, data dirs) and names its topics; the exit status is the
+round keeps its work dir (worker logs, data dirs, and what its check saw: failure.txt, sent.json,
+outputs.json) and names its topics; the exit status is the
 number of failed rounds. Without --bootstrap a local broker is started for the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
+from tests.harness.data import Event
 from tests.harness.deployment import Deployment, write_policy
 from tests.harness.processes import WorkerProcess, wait_until
 from tests.harness.recovery import (
@@ -72,6 +75,39 @@ def _join(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None
     log(f"started pid {worker.pid}")
 
 
+def _keep_evidence(
+    d: Deployment, sent: list[Event], workdir: Path, exc: AssertionError, log: Callable[[str], None]
+) -> None:
+    """What a failed check saw, written next to the worker logs: the assertion, what was sent,
+    every window and alert record with its partition, offset and headers, and the groups'
+    committed offsets. Topics live on the broker and can be gone by the time someone looks."""
+    (workdir / "failure.txt").write_text(f"{exc}\n")
+    (workdir / "sent.json").write_text(json.dumps(sent))
+    try:
+        topics = {
+            "windows": d.windows(expect=None, timeout=30),
+            "alerts": d.alerts(expect=None, timeout=30),
+        }
+        kept = {
+            name: [
+                {
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "timestamp": r.timestamp,
+                    "headers": {k: v.decode(errors="replace") for k, v in r.headers or ()},
+                    "value": r.value.decode(errors="replace") if r.value is not None else None,
+                }
+                for r in records
+            ]
+            for name, records in topics.items()
+        }
+        offsets = {"routed": d.routed_offsets(), "input": d.input_offsets()}
+        (workdir / "outputs.json").write_text(json.dumps({**kept, "offsets": offsets}, indent=1))
+        log(f"kept what the check saw in {workdir} (failure.txt, sent.json, outputs.json)")
+    except Exception as err:  # evidence is best effort; the round's own error stands
+        log(f"could not keep the outputs: {err!r}")
+
+
 def one_round(bootstrap: str, workdir: Path, seed: int, events: int, max_workers: int) -> None:
     rng = random.Random(seed)
     suffix = uuid.uuid4().hex[:8]
@@ -103,12 +139,13 @@ def one_round(bootstrap: str, workdir: Path, seed: int, events: int, max_workers
         log(f"stream done: {len(batches)} records, {len(sent)} events; checking")
         try:
             finish_and_check(d, sent)
-        except AssertionError:
+        except AssertionError as exc:
             # What each running worker was doing: mode logs every thread's and task's stack
             # on SIGUSR1.
             for w in d.running():
                 os.kill(w.pid, signal.SIGUSR1)
             time.sleep(3)
+            _keep_evidence(d, sent, workdir, exc, log)
             raise
         log("exact: every window total and alert as expected")
         exact = True
