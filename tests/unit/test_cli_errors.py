@@ -11,13 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from meter.adapters.broker import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 POLICY = str(REPO / "meter" / "examples" / "case-2022.yaml")
 
 
 def worker(*args: str, tmp_path: Path) -> tuple[int, list[str]]:
+    # A free metrics port unless the test picks one: the default (6066) may be held by a worker
+    # or demo running on the same machine, and the port is checked before Kafka.
+    port = [] if "--web-port" in args else ["--web-port", str(free_port())]
     proc = subprocess.run(
-        [sys.executable, "-m", "meter.cli", "worker", "--data-dir", str(tmp_path / "d"), *args],
+        [
+            sys.executable,
+            "-m",
+            "meter.cli",
+            "worker",
+            "--data-dir",
+            str(tmp_path / "d"),
+            *port,
+            *args,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
