@@ -5,7 +5,8 @@
 The worker keeps its state in a faust table: each key's value is compact JSON (as
 `meter.adapters.app` writes it) in RocksDB and in the changelog topic, and the windows that are
 still open, plus the indexes of what expires when, live in the worker's Python heap. This drives
-`PartitionLedger` itself, with a store that serialises exactly like the table, and reports:
+`PartitionLedger` itself through the worker's own store adapter (`TableStore`) over a dict, and
+reports:
 
 - **store bytes** per key kind: key plus value, what RocksDB and the changelog hold per entry
   (before their own overhead and compression);
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import shlex
 import sys
@@ -35,6 +35,7 @@ from typing import Any
 
 from bench.sections import markers, write_section
 from bench.subjects import many_orgs, write_policy
+from meter.adapters.app import TableStore
 from meter.adapters.policy_file import read_policy
 from meter.core.durations import DAY_MS
 from meter.core.events import ApiCall
@@ -45,32 +46,23 @@ NOW = 1_700_000_000_000
 PER_RECORD = 1_000
 
 
-class TableLikeStore:
-    """Keys and compact JSON values as bytes, as the worker's faust table stores them."""
+def _table() -> TableStore:
+    """The worker's own store adapter over a dict instead of a faust table: the same keys and
+    compact JSON values as bytes."""
+    return TableStore({})
 
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
 
-    def get(self, key: str) -> list[Any] | None:
-        raw = self.data.get(key.encode())
-        return None if raw is None else json.loads(raw)
+def _by_kind(store: TableStore, prefix: str) -> tuple[int, int]:
+    """(keys, key + value bytes) of the keys starting with `prefix`."""
+    wanted = prefix.encode()
+    sizes = [len(k) + len(v) for k, v in store.table.items() if k.startswith(wanted)]
+    return len(sizes), sum(sizes)
 
-    def put(self, key: str, value: list[Any]) -> None:
-        self.data[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
 
-    def delete(self, key: str) -> None:
-        self.data.pop(key.encode(), None)
-
-    def by_kind(self, prefix: str) -> tuple[int, int]:
-        """(keys, key + value bytes) of the keys starting with `prefix`."""
-        sizes = [len(k) + len(v) for k, v in self.data.items() if k.startswith(prefix.encode())]
-        return len(sizes), sum(sizes)
-
-    def heap(self) -> int:
-        """The store's own Python objects (subtracted from the traced heap)."""
-        return sys.getsizeof(self.data) + sum(
-            sys.getsizeof(k) + sys.getsizeof(v) for k, v in self.data.items()
-        )
+def _store_heap(store: TableStore) -> int:
+    """The store's own Python objects (subtracted from the traced heap)."""
+    table = store.table
+    return sys.getsizeof(table) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table.items())
 
 
 def _records(events: list[ApiCall]) -> Iterator[list[ApiCall]]:
@@ -78,9 +70,9 @@ def _records(events: list[ApiCall]) -> Iterator[list[ApiCall]]:
         yield events[i : i + PER_RECORD]
 
 
-def _heap(store: TableLikeStore) -> int:
+def _heap(store: TableStore) -> int:
     gc.collect()
-    return tracemalloc.get_traced_memory()[0] - store.heap()
+    return tracemalloc.get_traced_memory()[0] - _store_heap(store)
 
 
 def _acknowledge(ledger: PartitionLedger, outbox: list[Any]) -> None:
@@ -93,7 +85,7 @@ def measure(orgs: int, ids: int) -> dict[str, float]:
         apps = many_orgs(orgs=orgs)
         policy = read_policy(write_policy(Path(tmp) / "policy.yaml", apps))
     out: dict[str, float] = {"apps": len(apps), "orgs": orgs}
-    store = TableLikeStore()
+    store = _table()
     tracemalloc.start()
     base = _heap(store)
     ledger = PartitionLedger(0, policy, LedgerSettings(), store)
@@ -110,7 +102,7 @@ def measure(orgs: int, ids: int) -> dict[str, float]:
     for chunk in _records(calls):
         offset += 1
         _acknowledge(ledger, ledger.apply(offset, chunk, NOW, NOW).outbox)
-    slots, slot_bytes = store.by_kind("s|")
+    slots, slot_bytes = _by_kind(store, "s|")
     out["active windows"] = slots
     out["store bytes per active window"] = slot_bytes / slots
     heap_active = _heap(store) - base - empty
@@ -120,13 +112,13 @@ def measure(orgs: int, ids: int) -> dict[str, float]:
     offset += 1
     wm = T0 + 2 * DAY_MS + 3_600_000
     _acknowledge(ledger, ledger.report(offset, 1, NOW, {0: (wm, False)}, NOW).outbox)
-    compact, compact_bytes = store.by_kind("s|")
+    compact, compact_bytes = _by_kind(store, "s|")
     out["compacted windows"] = compact
     out["store bytes per compacted window"] = compact_bytes / compact
     out["heap bytes per compacted window"] = (_heap(store) - base - empty) / compact
 
     # Remembered ids: `ids` UUID calls of one app, ingested within the dedup horizon.
-    store_ids = TableLikeStore()
+    store_ids = _table()
     ledger2 = PartitionLedger(0, policy, LedgerSettings(), store_ids)
     _acknowledge(ledger2, ledger2.report(0, 1, NOW, {0: (T0, False)}, NOW).outbox)
     before = _heap(store_ids)
@@ -138,7 +130,7 @@ def measure(orgs: int, ids: int) -> dict[str, float]:
     for n, chunk in enumerate(_records(events)):
         _acknowledge(ledger2, ledger2.apply(n + 1, chunk, NOW, NOW + n).outbox)
     del events, chunk
-    _, ids_bytes = store_ids.by_kind("d|")
+    _, ids_bytes = _by_kind(store_ids, "d|")
     remembered = ledger2.state_sizes()["ids"]
     out["remembered ids"] = remembered
     out["store bytes per remembered id"] = ids_bytes / remembered

@@ -165,6 +165,15 @@ INPUT_TOPIC = Option("--input-topic", "api-calls", non_empty, "input topic", "`a
 WEB_PORT = Option("--web-port", 6066, port_number, "port of `/metrics`", "`6066`")
 
 
+def required_policy(values: Values, whose: str = "") -> Path:
+    """The `--policy` value loaded into `values`, as a path; a `ConfigError` naming the option
+    when it is missing (`whose` says which policy is meant)."""
+    if values["policy"] is None:
+        why = f" ({whose})" if whose else ""
+        raise ConfigError(POLICY.label, f"a policy file is required{why}")
+    return Path(values["policy"])
+
+
 # -- Kafka security: the same variables for every process, never flags (flags show in `ps`) ------
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")

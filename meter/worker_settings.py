@@ -22,11 +22,11 @@ from meter.config import (
     non_empty,
     positive_int,
     positive_ms,
+    required_policy,
     session_timeout_ms,
     store_url,
 )
 from meter.core.durations import DAY_MS
-from meter.core.errors import ConfigError
 
 
 def _data_dir(values: Values, env: Env) -> Path:
@@ -176,7 +176,5 @@ class WorkerSettings:
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Env) -> WorkerSettings:
         values = load(WORKER_OPTIONS, flags, env)
-        if values["policy"] is None:
-            raise ConfigError(POLICY.label, "a policy file is required")
-        values["policy"] = Path(values["policy"])
+        values["policy"] = required_policy(values)
         return cls(**values, kafka_security=KafkaSecurity.load(env))

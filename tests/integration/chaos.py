@@ -7,8 +7,8 @@ deployment while workers are SIGKILLed at random moments and restarted (with the
 new one), stopped cleanly, or added (one to three workers at a time). Afterwards every window's
 final totals must be exact and every alert published exactly once (`finish_and_check`). A failed
 round keeps its work dir (worker logs, data dirs, and what its check saw: failure.txt, sent.json,
-outputs.json) and names its topics; the exit status is the
-number of failed rounds. Without --bootstrap a local broker is started for the run.
+outputs.json) and names its topics; the exit status is the number of failed rounds. Without
+--bootstrap a local broker is started for the run.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def _keep_evidence(
     """What a failed check saw, written next to the worker logs: the assertion, what was sent,
     every window and alert record with its partition, offset and headers, and the groups'
     committed offsets. Topics live on the broker and can be gone by the time someone looks."""
-    (workdir / "failure.txt").write_text(f"{exc}\n")
-    (workdir / "sent.json").write_text(json.dumps(sent))
     try:
+        (workdir / "failure.txt").write_text(f"{exc}\n")
+        (workdir / "sent.json").write_text(json.dumps(sent))
         topics = {
             "windows": d.windows(expect=None, timeout=30),
             "alerts": d.alerts(expect=None, timeout=30),
@@ -105,7 +105,7 @@ def _keep_evidence(
         (workdir / "outputs.json").write_text(json.dumps({**kept, "offsets": offsets}, indent=1))
         log(f"kept what the check saw in {workdir} (failure.txt, sent.json, outputs.json)")
     except Exception as err:  # evidence is best effort; the round's own error stands
-        log(f"could not keep the outputs: {err!r}")
+        log(f"could not keep what the check saw: {err!r}")
 
 
 def one_round(bootstrap: str, workdir: Path, seed: int, events: int, max_workers: int) -> None:

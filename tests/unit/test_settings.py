@@ -13,7 +13,7 @@ import pytest
 
 from meter.adapters.api.settings import API_OPTIONS, ApiSettings
 from meter.adapters.broker import BROKER_OPTIONS, BrokerLayout
-from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS
+from meter.adapters.report.settings import REPORT_OPTIONS, STATEMENT_OPTIONS, ReportSettings
 from meter.adapters.sinks.settings import SINK_OPTIONS, SinkSettings
 from meter.adapters.store.settings import STORE_OPTIONS, StoreSettings
 from meter.cli import build_parser
@@ -133,3 +133,20 @@ def test_a_secret_is_never_echoed_in_an_error() -> None:
     with pytest.raises(ConfigError) as bad:
         SinkSettings.load({}, {"METER_WEBHOOK_SECRET": "   "})
     assert "***" in str(bad.value)
+
+
+@pytest.mark.parametrize(
+    ("loader", "whose"),
+    [
+        (WorkerSettings.load, ""),
+        (ApiSettings.load, " (the same as the workers')"),
+        (ReportSettings.load, " (the workers' policy)"),
+    ],
+    ids=["worker", "api", "report"],
+)
+def test_every_command_that_reads_the_policy_requires_it_by_name(loader: Any, whose: str) -> None:
+    with pytest.raises(ConfigError) as missing:
+        loader({}, {})
+    assert missing.value.field == "--policy / METER_POLICY"
+    assert str(missing.value).endswith(f"a policy file is required{whose}")
+    assert loader({"policy": "p.yaml"}, {}).policy == Path("p.yaml")

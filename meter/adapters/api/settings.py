@@ -19,6 +19,7 @@ from meter.config import (
     non_empty,
     port_number,
     positive_ms,
+    required_policy,
 )
 from meter.core.errors import ConfigError
 from meter.worker_settings import WORKER_OPTIONS
@@ -87,9 +88,7 @@ class ApiSettings:
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Env) -> ApiSettings:
         values = load(API_OPTIONS, flags, env)
-        if values["policy"] is None:
-            raise ConfigError(POLICY.label, "a policy file is required (the same as the workers')")
-        values["policy"] = Path(values["policy"])
+        values["policy"] = required_policy(values, "the same as the workers'")
         if values["tokens_file"] is not None:
             values["tokens_file"] = Path(values["tokens_file"])
         elif not is_loopback(values["host"]):

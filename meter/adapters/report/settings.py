@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from meter.adapters.store.settings import DATABASE
-from meter.config import POLICY, Env, Option, load
-from meter.core.errors import ConfigError
+from meter.config import POLICY, Env, Option, load, required_policy
 from meter.core.statement import Rules
 from meter.worker_settings import WORKER_OPTIONS
 
@@ -94,9 +93,8 @@ class ReportSettings:
     @classmethod
     def load(cls, flags: Mapping[str, object | None], env: Env, top: int = 10) -> ReportSettings:
         values = load(REPORT_OPTIONS, flags, env)
-        if values["policy"] is None:
-            raise ConfigError(POLICY.label, "a policy file is required (the workers' policy)")
-        return cls(Path(values["policy"]), values["database"], values["sign"], _rules(values, top))
+        policy = required_policy(values, "the workers' policy")
+        return cls(policy, values["database"], values["sign"], _rules(values, top))
 
 
 @dataclass(frozen=True)
