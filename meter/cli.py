@@ -42,6 +42,8 @@ def local_broker(
 
 
 def cmd_kafka(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.brokers is not None:
+        return cmd_kafka_cluster(args, env)
     broker = local_broker(_flags(args), env, secure=bool(args.secure))
     lay = broker.layout
     action: str = args.action
@@ -78,15 +80,60 @@ def cmd_kafka(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_NOT_RUNNING
 
 
+def cmd_kafka_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """`meter kafka ... --brokers N`: a local cluster (`meter.adapters.broker_cluster`)."""
+    from meter.adapters.broker_cluster import LocalCluster  # noqa: PLC0415
+
+    if args.brokers < 1:
+        raise ConfigError("--brokers", "a cluster has at least one broker")
+    if args.secure:
+        raise ConfigError("--brokers", "a secure cluster is not supported: use one of the two")
+    cluster = LocalCluster(BrokerLayout.load(_flags(args), env), args.brokers)
+    action: str = args.action
+    if action == "fetch":
+        cluster.nodes[0].fetch()
+        print(f"Kafka jars in {cluster.nodes[0].layout.lib}")
+        return EXIT_OK
+    if action == "start":
+        started = cluster.start(timeout=args.timeout)
+        cluster.wait_for_brokers(timeout=args.timeout)
+        how = "started" if started else "already running"
+        print(
+            f"Kafka cluster of {len(cluster.nodes)} brokers {how}; topics get replication "
+            f"{cluster.replication}, min.insync.replicas {cluster.min_insync_replicas}"
+        )
+        print(f"bootstrap servers: {cluster.bootstrap}")
+        print(f"  export METER_KAFKA_BOOTSTRAP={cluster.bootstrap}")
+        print(f"data and logs: {cluster.state}")
+        return EXIT_OK
+    if action == "stop":
+        print("Kafka cluster stopped" if cluster.stop() else "Kafka cluster was not running")
+        return EXIT_OK
+    ready = 0
+    for node in cluster.nodes:
+        state = "running" if node.ready() else "starting" if node.running() else "not running"
+        ready += node.ready()
+        print(f"node {node.node_id}: {state} (pid {node.pid()}), {node.layout.bootstrap}")
+    return EXIT_OK if ready == len(cluster.nodes) else EXIT_NOT_RUNNING
+
+
 def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "kafka",
         help="manage the local development Kafka broker (Apache Kafka jars from Maven Central)",
-        description="Manage a single-node KRaft broker on loopback. Data and logs: var/kafka/.",
+        description="Manage a single-node KRaft broker on loopback (data and logs: var/kafka/), "
+        "or with --brokers N a local cluster (var/kafka-cluster/).",
     )
     p.add_argument("action", choices=["start", "stop", "status", "fetch"])
     add_arguments(p, BROKER_OPTIONS)
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for start-up")
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=None,
+        help="a local cluster of this many brokers instead (3: replication 3, "
+        "min.insync.replicas 2; ports from --port, two per node); data in var/kafka-cluster/",
+    )
     p.add_argument(
         "--secure",
         action="store_true",
