@@ -113,7 +113,11 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option(
         "--metrics-max-apps", 100, positive_int, "apps with their own cap series", "`100`",
     ),
-    Option("--replication", 1, positive_int, "replication factor of topics it creates", "`1`"),
+    Option(
+        "--replication", None, positive_int,
+        "replication factor of topics it creates (3 or more: also `min.insync.replicas=2`)",
+        "the broker's `default.replication.factor`",
+    ),
     Option(
         "--connect-timeout", 60_000, positive_ms,
         "how long a worker waits at start for Kafka to answer before it exits (status 69)",
@@ -149,7 +153,8 @@ class WorkerSettings:
     web_port: int = 6066
     tick_ms: int = 1_000
     metrics_max_apps: int = 100
-    replication: int = 1
+    replication: int | None = None
+    """None: the broker's default (and its `min.insync.replicas`)."""
     connect_timeout_ms: int = 60_000
     kafka_security: KafkaSecurity = KafkaSecurity()  # noqa: RUF009 - frozen: one shared default
     """How its Kafka clients connect (`METER_KAFKA_*` variables; see `KAFKA_SECURITY_OPTIONS`)."""

@@ -14,7 +14,12 @@ from meter.adapters.changelog import tracker_of
 from meter.adapters.sinks import SinkService, SinkSettings, is_enabled
 from meter.adapters.state_dir import discard_unless_clean, exclusive, mark_clean_stop
 from meter.adapters.telemetry import Telemetry
-from meter.adapters.topics import TopicSpec, ensure_topics, settled_partition_counts
+from meter.adapters.topics import (
+    BROKER_DEFAULT,
+    TopicSpec,
+    ensure_topics,
+    settled_partition_counts,
+)
 from meter.adapters.worker import MeterWorker
 from meter.core.durations import DAY_MS
 from meter.core.errors import ConfigError, UnavailableError
@@ -45,12 +50,25 @@ def topic_specs(s: WorkerSettings) -> list[TopicSpec]:
         TopicSpec(
             s.quota_topic, s.partitions, {"cleanup.policy": "compact", "segment.ms": "600000"}
         ),
+        # faust's leader election reads this topic; created here, it has the replication of the
+        # rest (left to the broker, it was auto-created with the broker's defaults).
+        TopicSpec(f"{s.group}-__assignor-__leader", 1),
     ]
+
+
+def durability(replication: int | None) -> dict[str, str]:
+    """Topic settings for `--replication`: with 3 or more replicas, a write is acknowledged
+    once 2 have it (`acks=all`), so losing one broker loses nothing and stops nothing. Without
+    `--replication`, the broker's defaults apply (`meter kafka start --brokers 3` sets 3 and 2)."""
+    return {"min.insync.replicas": "2"} if replication is not None and replication >= 3 else {}
 
 
 def prepare_topics(s: WorkerSettings, bootstrap: str) -> dict[str, int]:
     """Create missing topics; check the routed topic matches the state's partitioning."""
-    ensure_topics(bootstrap, topic_specs(s), replication=s.replication, security=s.kafka_security)
+    extra = durability(s.replication)
+    specs = [TopicSpec(t.name, t.partitions, {**t.config, **extra}) for t in topic_specs(s)]
+    replication = BROKER_DEFAULT if s.replication is None else s.replication
+    ensure_topics(bootstrap, specs, replication=replication, security=s.kafka_security)
     counts = settled_partition_counts(
         bootstrap,
         [s.routed_topic, s.changelog_topic, s.alerts_topic, s.windows_topic, s.quota_topic],
