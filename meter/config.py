@@ -135,6 +135,13 @@ def positive_ms(text: str) -> int:
     return value
 
 
+def non_negative_ms(text: str) -> int:
+    value = duration_ms(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
 def session_timeout_ms(text: str) -> int:
     """A consumer group session timeout: within the broker's default bounds (6 s to 30 min)."""
     value = duration_ms(text)
@@ -163,6 +170,17 @@ BOOTSTRAP = Option(
 )  # fmt: skip
 INPUT_TOPIC = Option("--input-topic", "api-calls", non_empty, "input topic", "`api-calls`")
 WEB_PORT = Option("--web-port", 6066, port_number, "port of `/metrics`", "`6066`")
+STALL_TIMEOUT = Option(
+    "--stall-timeout", 120_000, positive_ms,
+    "a Kafka consumer with records waiting that has not moved for this long is reported stalled "
+    "(`meter_stalled`, `/readyz`)", "`2m`", field="stall_timeout_ms",
+)  # fmt: skip
+STALL_EXIT = Option(
+    "--stall-exit", 600_000, non_negative_ms,
+    "a consumer stalled this long while Kafka answers makes the process exit (status 75) for "
+    "its supervisor to restart it; `0`: never", "`10m`", field="stall_exit_ms",
+)  # fmt: skip
+"""The progress watchdog (`meter.adapters.watchdog`), the same for workers, store and API."""
 
 
 def required_policy(values: Values, whose: str = "") -> Path:

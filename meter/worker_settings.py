@@ -11,6 +11,8 @@ from meter.config import (
     BOOTSTRAP,
     INPUT_TOPIC,
     POLICY,
+    STALL_EXIT,
+    STALL_TIMEOUT,
     WEB_PORT,
     Env,
     KafkaSecurity,
@@ -118,6 +120,8 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "replication factor of topics it creates (3 or more: also `min.insync.replicas=2`)",
         "the broker's `default.replication.factor`",
     ),
+    STALL_TIMEOUT,
+    STALL_EXIT,
     Option(
         "--connect-timeout", 60_000, positive_ms,
         "how long a worker waits at start for Kafka to answer before it exits (status 69)",
@@ -155,6 +159,8 @@ class WorkerSettings:
     metrics_max_apps: int = 100
     replication: int | None = None
     """None: the broker's default (and its `min.insync.replicas`)."""
+    stall_timeout_ms: int = 120_000
+    stall_exit_ms: int = 600_000
     connect_timeout_ms: int = 60_000
     kafka_security: KafkaSecurity = KafkaSecurity()  # noqa: RUF009 - frozen: one shared default
     """How its Kafka clients connect (`METER_KAFKA_*` variables; see `KAFKA_SECURITY_OPTIONS`)."""

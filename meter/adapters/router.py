@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 from aiokafka.structs import ConsumerRecord
+from faust.exceptions import ProducerSendError
 
 from meter.adapters.kafka_security import aiokafka_args
 from meter.adapters.sources import SourceTracker
@@ -119,6 +126,7 @@ class Router:
             settings.idle_timeout_ms / 1000, max(settings.grace_ms, ALIGN_MIN_DRIFT_MS)
         )
         self._reported_s = 0.0
+        self._last_lag = 0
 
     def lag(self) -> dict[int, int]:
         """Per assigned input partition: records not yet routed (best effort, for metrics)."""
@@ -148,10 +156,46 @@ class Router:
         }
 
     async def run(self) -> None:
+        """Route until cancelled. A Kafka consumer that fails (it cannot bootstrap, or its group
+        coordination died: aiokafka then fails every call) is replaced by a new one after a
+        backoff. Nothing of the batch in hand was committed: the new consumer routes it again
+        from the last commit, and the counter drops the repeats by event id. Other errors (bugs)
+        propagate: the worker exits (`meter.adapters.app.die`)."""
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._consume()
+            except RECOVERABLE as exc:
+                if time.monotonic() - started > HEALTHY_S:
+                    failures = 0
+                failures += 1
+                delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 8))
+                delay *= 0.5 + random.random() / 2  # jitter: workers do not retry in step
+                level = logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG
+                log.log(level, "router: Kafka consumer failed (%s); a new one starts in %.1fs "
+                        "(attempt %d); the batch in hand is routed again", _brief(exc), delay,
+                        failures)  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            return
+
+    def progress(self) -> tuple[tuple[tuple[int, int], ...], int]:
+        """For the watchdog: the committed input positions and the records waiting (the last
+        known figure while the consumer is being replaced)."""
+        if self.consumer is not None:
+            self._last_lag = sum(self.lag().values())
+        return tuple(sorted(self.positions.items())), self._last_lag
+
+    async def _consume(self) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(**self.consumer_settings())
+        try:
+            await consumer.start()
+        except BaseException:
+            await _stop(consumer)
+            raise
         self.consumer = consumer
-        await consumer.start()
         heartbeat = asyncio.ensure_future(self._heartbeat(consumer))
         try:
             consumer.subscribe([s.input_topic], listener=_Rebalance(self))
@@ -173,7 +217,7 @@ class Router:
         finally:
             heartbeat.cancel()
             self.consumer = None
-            await consumer.stop()
+            await _stop(consumer)
 
     async def _heartbeat(self, consumer: AIOKafkaConsumer) -> None:
         """Progress reports while no batch comes: idle partitions are reported as idle."""
@@ -294,6 +338,27 @@ class Router:
         return await self.send(
             self.settings.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
         )
+
+
+RECOVERABLE = (KafkaError, ProducerSendError, OSError, TimeoutError)
+"""Failures of the Kafka clients: the router replaces its consumer and carries on."""
+MAX_BACKOFF_S = 30.0
+HEALTHY_S = 60.0
+"""A consumer that worked this long before failing starts the backoff afresh."""
+STOP_TIMEOUT_S = 10.0
+
+
+def _brief(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer without waiting long for a broker that is gone (leaving the group)."""
+    try:
+        await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_S)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.debug("router: consumer stop: %r", exc)
 
 
 ALIGN_MIN_DRIFT_MS = 15 * 60_000

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import faust
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from meter.adapters import coordinator_fix
 from meter.adapters.broker import wait_for_kafka
 from meter.adapters.changelog import tracker_of
+from meter.adapters.outages import collapsed_client_noise
 from meter.adapters.sinks import SinkService, SinkSettings, is_enabled
 from meter.adapters.state_dir import discard_unless_clean, exclusive, mark_clean_stop
 from meter.adapters.telemetry import Telemetry
@@ -92,14 +95,34 @@ def run_worker(
     verbose: bool,
     sinks: SinkSettings | None = None,
 ) -> int:
+    coordinator_fix.install()
     with exclusive(settings.data_dir):
         check_port_free(settings.web_host, settings.web_port)
-        wait_for_kafka(bootstrap, settings.connect_timeout_ms / 1000)
-        try:
-            counts = prepare_topics(settings, bootstrap)
-        except KafkaError as exc:
-            raise UnavailableError(f"cannot prepare the topics at {bootstrap}: {exc}") from exc
+        counts = wait_and_prepare_topics(settings, bootstrap)
         return _run(settings, policy, bootstrap, counts, verbose=verbose, sinks=sinks)
+
+
+def wait_and_prepare_topics(settings: WorkerSettings, bootstrap: str) -> dict[str, int]:
+    """Wait for Kafka, then create the topics, within `--connect-timeout` in all: a broker that
+    is starting accepts connections before it can answer metadata or create topics, so that is
+    waited for too. After the timeout: `UnavailableError` (exit 69)."""
+    timeout_s = settings.connect_timeout_ms / 1000
+    deadline = time.monotonic() + timeout_s
+    wait_for_kafka(bootstrap, timeout_s)
+    warned = False
+    while True:
+        try:
+            return prepare_topics(settings, bootstrap)
+        except KafkaError as exc:
+            if time.monotonic() >= deadline:
+                raise UnavailableError(
+                    f"cannot prepare the topics at {bootstrap} within {timeout_s:.0f}s: {exc}"
+                ) from exc
+            if not warned:
+                log.warning("Kafka at %s is not ready yet (%s); waiting up to %.0fs",
+                            bootstrap, exc, deadline - time.monotonic())  # fmt: skip
+                warned = True
+            time.sleep(1.0)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -157,12 +180,13 @@ def _run(
         settings.kafka_security.describe(),
     )
     try:
-        faust.Worker(
-            worker.app,
-            loglevel="debug" if verbose else "info",
-            quiet=True,
-            override_logging=False,
-        ).execute_from_commandline()
+        with collapsed_client_noise(worker.link, verbose=verbose):
+            faust.Worker(
+                worker.app,
+                loglevel="debug" if verbose else "info",
+                quiet=True,
+                override_logging=False,
+            ).execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -18,9 +19,17 @@ from faust.types import TP
 
 from meter.adapters.app import build_app, die
 from meter.adapters.counter import Counter
+from meter.adapters.kafka_security import aiokafka_args
+from meter.adapters.outages import KafkaLink, LinkCollector, probe
 from meter.adapters.routed_offsets import COMMIT_INTERVAL_S
 from meter.adapters.router import Router
 from meter.adapters.telemetry import PartitionState, Telemetry
+from meter.adapters.watchdog import (
+    CHECK_INTERVAL_S,
+    ProgressWatchdog,
+    WatchdogCollector,
+    exit_stalled,
+)
 from meter.core.ledger import CapUsage
 from meter.core.policy import Policy
 from meter.worker_settings import WorkerSettings
@@ -41,6 +50,7 @@ class MeterWorker:
     ) -> None:
         self.settings = settings
         self.policy = policy
+        self.bootstrap = bootstrap
         self.clock = clock
         built = build_app(settings, bootstrap)
         self.app = built.faust
@@ -54,6 +64,15 @@ class MeterWorker:
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         telemetry.install(self.app, self)
+        # Kafka outages and stalls (`meter.adapters.outages`, `meter.adapters.watchdog`).
+        self.link = KafkaLink(bootstrap)
+        self.watchdog = ProgressWatchdog(
+            settings.stall_timeout_ms / 1000, settings.stall_exit_ms / 1000 or math.inf
+        )
+        telemetry.registry.register(LinkCollector(self.link))
+        telemetry.registry.register(WatchdogCollector(self.watchdog))
+        self.app.task(self._probe)
+        self.app.task(self._watch)
 
     @property
     def out_partitions(self) -> dict[str, int]:
@@ -123,6 +142,30 @@ class MeterWorker:
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         await self._commit_safely(None)
 
+    # -- outages and stalls --------------------------------------------------------------------
+    async def _probe(self) -> None:
+        await probe(self.link, self.bootstrap, aiokafka_args(self.settings.kafka_security))
+
+    async def _watch(self) -> None:
+        """Every few seconds: is the router or the counter stalled, for how long?"""
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            up = self.link.up is not False
+            self.watchdog.observe("router", *self.router.progress(), kafka_up=up)
+            self.watchdog.observe("counter", *self._counter_progress(), kafka_up=up)
+            stall = self.watchdog.overdue()
+            if stall is not None:
+                exit_stalled(stall)
+
+    def _counter_progress(self) -> tuple[tuple[tuple[int, int | None], ...], int]:
+        """The routed offsets each ledger has applied, and the routed records not yet read
+        (none while the state is being restored: that is progress of another kind)."""
+        position = tuple(sorted((p, led.next_offset()) for p, led in self.counter.ledgers.items()))
+        if self._restoring():
+            return position, 0
+        routed = self.settings.routed_topic
+        return position, sum(n for (t, _), n in self.consumer_lag().items() if t == routed)
+
     # -- what /metrics sees (`meter.adapters.telemetry.Observed`) -------------------------------
     def cap_usages(self) -> Iterable[CapUsage]:
         return self.counter.cap_usages()
@@ -137,10 +180,18 @@ class MeterWorker:
             reasons.append("router not started")
         if app.rebalancing:
             reasons.append("consumer group rebalancing")
-        recovery = getattr(app.tables, "recovery", None)  # faust's TableManager has one
-        if app.in_recovery or recovery is None or not recovery.completed.is_set():
+        if self._restoring():
             reasons.append("restoring state from the changelog")
-        return reasons
+        return reasons + self.trouble()
+
+    def _restoring(self) -> bool:
+        recovery = getattr(self.app.tables, "recovery", None)  # faust's TableManager has one
+        return bool(self.app.in_recovery or recovery is None or not recovery.completed.is_set())
+
+    def trouble(self) -> list[str]:
+        """Kafka unreachable, consumers stalled (also part of `not_ready`)."""
+        kafka = self.link.problem()
+        return ([kafka] if kafka else []) + self.watchdog.problems()
 
     def consumer_lag(self) -> Mapping[tuple[str, int], int]:
         """Records not yet read per assigned partition, of the input and the routed topic (best
