@@ -45,7 +45,8 @@ def cmd_store(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from meter.adapters.store.service import run_store  # noqa: PLC0415 - imports the clients
 
     settings = StoreSettings.load(vars(args), env)
-    return run_store(settings, kafka_bootstrap(settings.bootstrap, env))
+    bootstrap = kafka_bootstrap(settings.bootstrap, env)
+    return run_store(settings, bootstrap, verbose=bool(args.verbose))
 
 
 def cmd_api(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -55,7 +56,8 @@ def cmd_api(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = ApiSettings.load(vars(args), env)
     statements = Issuer.load(StatementSettings.load(vars(args), env), env)
     policy = read_policy(settings.policy)
-    return run_api(settings, policy, kafka_bootstrap(settings.bootstrap, env), statements)
+    bootstrap = kafka_bootstrap(settings.bootstrap, env)
+    return run_api(settings, policy, bootstrap, statements, verbose=bool(args.verbose))
 
 
 def cmd_api_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:

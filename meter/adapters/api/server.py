@@ -86,6 +86,8 @@ async def readyz(request: web.Request) -> web.Response:
     waiting = []
     if ctx.reader is None or not ctx.reader.caught_up:
         waiting.append(ctx.reader.waiting_for if ctx.reader else "no quota feed")
+    if ctx.reader is not None:
+        waiting += ctx.reader.trouble()  # Kafka unreachable, the feed stalled
     if ctx.store is not None:
         problem = await ctx.store.problem()
         if problem:

@@ -12,6 +12,8 @@ from meter.adapters.store.settings import DATABASE, redact_database
 from meter.config import (
     BOOTSTRAP,
     POLICY,
+    STALL_EXIT,
+    STALL_TIMEOUT,
     Env,
     KafkaSecurity,
     Option,
@@ -51,6 +53,8 @@ API_OPTIONS: tuple[Option, ...] = (
         "how long it waits at start for Kafka to answer before it exits (status 69)", "`60s`",
         field="connect_timeout_ms",
     ),
+    STALL_TIMEOUT,
+    STALL_EXIT,
 )  # fmt: skip
 """`meter api`: the feed it reads, the store it queries, where it listens, who may ask."""
 
@@ -76,6 +80,8 @@ class ApiSettings:
     port: int = 8080
     tokens_file: Path | None = None
     connect_timeout_ms: int = 60_000
+    stall_timeout_ms: int = 120_000
+    stall_exit_ms: int = 600_000
     kafka_security: KafkaSecurity = PLAINTEXT
 
     def __repr__(self) -> str:

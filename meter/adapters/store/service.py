@@ -5,28 +5,34 @@ offsets stored with the rows, and stops on SIGTERM or Ctrl-C after the transacti
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from meter.adapters.broker import wait_for_kafka
-from meter.adapters.kafka_security import kafka_python_args
+from meter.adapters.kafka_security import aiokafka_args, kafka_python_args
+from meter.adapters.outages import KafkaLink, collapsed_client_noise, start_probe_thread
 from meter.adapters.store.database import OPERATIONAL_ERRORS, Database, open_database
 from meter.adapters.store.ingest import ALERTS, WINDOWS, BatchResult, apply_batch, stored_offsets
 from meter.adapters.store.records import Consumed
 from meter.adapters.store.settings import StoreSettings
+from meter.adapters.watchdog import CHECK_INTERVAL_S, ProgressWatchdog, exit_stalled
 from meter.config import KafkaSecurity
 from meter.core.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 POLL_MS = 500
 RECHECK_PARTITIONS_S = 30.0
 
@@ -41,6 +47,8 @@ class StoreService:
         bootstrap: str,
         *,
         clock: Callable[[], float] = time.time,
+        link: KafkaLink | None = None,
+        watchdog: ProgressWatchdog | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -50,6 +58,10 @@ class StoreService:
         self.totals = BatchResult()
         self._stopping = threading.Event()
         self._consumer: Any = None
+        self.link = link
+        self.watchdog = watchdog
+        self.positions: dict[tuple[str, int], int] = {}
+        """Per (topic, partition): the next offset to store (for the watchdog)."""
         self._checked = 0.0
 
     def stop(self) -> None:
@@ -106,6 +118,7 @@ class StoreService:
             stored = offsets.get((tp.topic, tp.partition))
             if stored is None:
                 self._consumer.seek(tp, starts[tp])
+                self.positions[(tp.topic, tp.partition)] = starts[tp]
                 resume[tp.topic].append(f"{tp.partition}@start")
                 continue
             if stored < starts[tp]:
@@ -114,6 +127,7 @@ class StoreService:
                             starts[tp] - 1)  # fmt: skip
                 stored = starts[tp]
             self._consumer.seek(tp, stored)
+            self.positions[(tp.topic, tp.partition)] = stored
             resume[tp.topic].append(f"{tp.partition}@{stored}")
         where = "; ".join(f"{t} {' '.join(r)}" for t, r in resume.items() if r)
         if first:
@@ -124,17 +138,21 @@ class StoreService:
             log.info("store: new partitions, reading %s", where)
 
     def run(self, *, max_idle_polls: int | None = None) -> BatchResult:
-        """Consume and store until stopped; returns what was stored."""
-        self._consumer = self._connect()
+        """Consume and store until stopped; returns what was stored. Kafka trouble never ends
+        it: a call the client gives up on is tried again after a backoff."""
+        self._consumer = self._kafka("connecting to Kafka", self._connect)
+        if self._consumer is None:
+            return self.totals
         try:
             parts = self._wait_for_topics()
             if parts is None:
                 return self.totals
-            self._assign(parts, first=True)
+            self._kafka("seeking to the stored offsets", lambda: self._assign(parts, first=True))
             self._checked = time.monotonic()
+            watched = time.monotonic()
             idle = 0
             while not self._stopping.is_set():
-                if self._poll_once():
+                if self._kafka("reading", self._poll_once):
                     idle = 0
                 else:
                     idle += 1
@@ -142,12 +160,48 @@ class StoreService:
                         break
                 if time.monotonic() - self._checked >= RECHECK_PARTITIONS_S:
                     self._checked = time.monotonic()
-                    grown = self._partitions()
+                    grown = self._kafka("reading the topics' partitions", self._partitions)
                     if grown is not None:
-                        self._assign(grown, first=False)
+                        assign = functools.partial(self._assign, grown, first=False)
+                        self._kafka("reading new partitions", assign)
+                if self.watchdog is not None and time.monotonic() - watched >= CHECK_INTERVAL_S:
+                    watched = time.monotonic()
+                    self._watch(self.watchdog)
         finally:
             self._consumer.close(autocommit=False)
         return self.totals
+
+    def _kafka(self, what: str, call: Callable[[], T]) -> T | None:
+        """`call()`, tried again after a backoff (0.5 s doubling to 30 s) while the Kafka
+        client fails; None if the service is stopped meanwhile."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                return call()
+            except KafkaError as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures - 1, 8))
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("store: %s failed (%s: %s); trying again in %.1fs (attempt %d)",
+                                what, type(exc).__name__, exc, delay, failures)  # fmt: skip
+                self._stopping.wait(delay)
+        return None
+
+    def _watch(self, watchdog: ProgressWatchdog) -> None:
+        """Is the store's consumer stalled (records waiting, no progress)? Exit when overdue."""
+        consumer = self._consumer
+        lag = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)  # from the last fetch: no request
+            done = self.positions.get((tp.topic, tp.partition))
+            if high is not None and done is not None:
+                lag += max(0, high - done)
+        position = tuple(sorted(self.positions.items()))
+        up = self.link is None or self.link.up is not False
+        watchdog.observe("store", position, lag, kafka_up=up)
+        stall = watchdog.overdue()
+        if stall is not None:
+            exit_stalled(stall)
 
     def _poll_once(self) -> bool:
         polled = self._consumer.poll(timeout_ms=POLL_MS, max_records=self.settings.batch)
@@ -162,6 +216,7 @@ class StoreService:
         for name in ("windows", "applied", "replays", "alerts", "repeated_alerts", "rejected"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(result, name))
         self.totals.offsets.update(result.offsets)
+        self.positions.update(result.offsets)
         return True
 
 
@@ -187,15 +242,20 @@ def _or_no_acl(security: KafkaSecurity) -> str:
     return f" (or user {security.username} may not read them: ACLs)" if security.sasl else ""
 
 
-def run_store(settings: StoreSettings, bootstrap: str) -> int:
+def run_store(settings: StoreSettings, bootstrap: str, *, verbose: bool = False) -> int:
     """The `meter store` process: open the database (migrating it), wait for Kafka, then store
     until SIGTERM or Ctrl-C. Returns the exit status."""
     timeout_s = settings.connect_timeout_ms / 1000
     db = open_database(settings.database, timeout_s=timeout_s)
     try:
         wait_for_kafka(bootstrap, timeout_s)
-        service = StoreService(settings, db, bootstrap)
-        with _stop_on_signals(service.stop):
+        link = KafkaLink(bootstrap)
+        start_probe_thread(link, bootstrap, aiokafka_args(settings.kafka_security))
+        watchdog = ProgressWatchdog(
+            settings.stall_timeout_ms / 1000, settings.stall_exit_ms / 1000 or math.inf
+        )
+        service = StoreService(settings, db, bootstrap, link=link, watchdog=watchdog)
+        with _stop_on_signals(service.stop), collapsed_client_noise(link, verbose=verbose):
             try:
                 totals = service.run()
             except OPERATIONAL_ERRORS as exc:

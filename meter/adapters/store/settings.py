@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from meter.adapters.kafka_security import PLAINTEXT
 from meter.config import (
     BOOTSTRAP,
+    STALL_EXIT,
+    STALL_TIMEOUT,
     Env,
     KafkaSecurity,
     Option,
@@ -93,6 +95,8 @@ STORE_OPTIONS: tuple[Option, ...] = (
         "how long the store waits at start for Kafka and the database before it exits "
         "(status 69)", "`60s`", field="connect_timeout_ms",
     ),
+    STALL_TIMEOUT,
+    STALL_EXIT,
 )  # fmt: skip
 """`meter store`: the topics it reads, the database it writes."""
 
@@ -108,6 +112,8 @@ class StoreSettings:
     group: str = "meter"
     batch: int = 500
     connect_timeout_ms: int = 60_000
+    stall_timeout_ms: int = 120_000
+    stall_exit_ms: int = 600_000
     kafka_security: KafkaSecurity = PLAINTEXT
 
     @property
