@@ -18,9 +18,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from meter.adapters.outages import KafkaLink, LinkCollector
 from meter.adapters.policy_file import bundled_policy_path, read_policy
 from meter.adapters.sinks.metrics import SinkMetrics
 from meter.adapters.telemetry import Telemetry, WorkerCollector
+from meter.adapters.watchdog import ProgressWatchdog, WatchdogCollector
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +75,8 @@ def _series_of(name: str, kind: str, labels: tuple[str, ...]) -> dict[str, froze
 def exported_series() -> dict[str, frozenset[str]]:
     """Every series name a worker exports (`_total`, `_bucket`... included; no `_created`, which
     the worker disables) and its labels: the metrics of a `Telemetry` and of the alert sinks, and
-    the gauge families of a `WorkerCollector` over an idle worker. Label names come from the
+    the gauge families of a `WorkerCollector` over an idle worker, of its Kafka link and of its
+    progress watchdog. Label names come from the
     metric objects, so this follows the code without depending on how metrics are updated."""
     policy = read_policy(bundled_policy_path())
     telemetry = Telemetry(CollectorRegistry(), policy)
@@ -85,8 +88,14 @@ def exported_series() -> dict[str, frozenset[str]]:
             for desc in metric.describe():
                 out |= _series_of(desc.name, desc.type, tuple(metric._labelnames))
     idle = SimpleNamespace(cap_usages=list, partition_states=list, consumer_lag=dict, now=time.time)
-    for family in WorkerCollector(idle, policy, 100).collect():
-        out |= _series_of(family.name, family.type, tuple(family._labelnames))  # type: ignore[attr-defined]
+    collectors = (
+        WorkerCollector(idle, policy, 100),
+        LinkCollector(KafkaLink("127.0.0.1:9")),
+        WatchdogCollector(ProgressWatchdog(120.0, 600.0)),
+    )
+    for collector in collectors:
+        for family in collector.collect():
+            out |= _series_of(family.name, family.type, tuple(family._labelnames))  # type: ignore[attr-defined]
     return out
 
 
