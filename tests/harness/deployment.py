@@ -20,7 +20,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from meter.adapters.broker import free_port
-from meter.adapters.topics import TopicSpec, ensure_topics
+from meter.adapters.topics import BROKER_DEFAULT, TopicSpec, ensure_topics
 from tests.harness.data import values_of
 from tests.harness.kafka import read_all
 from tests.harness.oracle import WindowKey, window_key
@@ -44,6 +44,10 @@ class Deployment(Producing):
     """Long: tests close windows with `push` (an event on every input partition), so a pause
     between a test's phases never closes windows on the clock. Tests of idleness set it short."""
     extra: Sequence[str] = ()
+    replication: int | None = None
+    """Of the topics the test creates (None: the broker's default, as the workers do)."""
+    worker_bootstrap: str | None = None
+    """Where meter's processes bootstrap (default `bootstrap`): the fault tests' proxy."""
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -65,7 +69,12 @@ class Deployment(Producing):
                 TopicSpec(self.dlq_topic, self.partitions),
                 TopicSpec(self.quota_topic, self.partitions, {"cleanup.policy": "compact"}),
             ],
+            replication=BROKER_DEFAULT if self.replication is None else self.replication,
         )
+
+    @property
+    def meter_bootstrap(self) -> str:
+        return self.worker_bootstrap or self.bootstrap
 
     # workers ------------------------------------------------------------------------------
     def start_worker(
@@ -82,7 +91,7 @@ class Deployment(Producing):
         args = [
             "worker",
             "--policy", str(self.policy),
-            "--bootstrap", self.bootstrap,
+            "--bootstrap", self.meter_bootstrap,
             "--group", self.group,
             "--input-topic", self.input_topic,
             "--alerts-topic", self.alerts_topic,
@@ -106,7 +115,7 @@ class Deployment(Producing):
     def start_store(self, database: str, label: str = "store") -> WorkerProcess:
         """Start `meter store` on this deployment's output topics."""
         args = [
-            "store", "--database", database, "--bootstrap", self.bootstrap,
+            "store", "--database", database, "--bootstrap", self.meter_bootstrap,
             "--windows-topic", self.windows_topic, "--alerts-topic", self.alerts_topic,
             "--group", self.group,
         ]  # fmt: skip
@@ -120,7 +129,7 @@ class Deployment(Producing):
         """Start `meter api` on this deployment's feed and `database`; its port is `web_port`."""
         port = free_port()
         args = [
-            "api", "--policy", str(self.policy), "--bootstrap", self.bootstrap,
+            "api", "--policy", str(self.policy), "--bootstrap", self.meter_bootstrap,
             "--quota-topic", self.quota_topic, "--database", database, "--port", str(port),
         ]  # fmt: skip
         if tokens_file is not None:
@@ -131,6 +140,11 @@ class Deployment(Producing):
 
     def running(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.alive()]
+
+    def running_workers(self) -> list[WorkerProcess]:
+        """The running `meter worker` processes: only they count, and have an outbox and
+        /metrics (`meter store` serves no port, `meter api` no /metrics)."""
+        return [w for w in self.running() if w.args[0] == "worker"]
 
     def died(self) -> bool:
         """True when a worker the test did not stop or kill has exited: stop waiting."""
@@ -255,7 +269,7 @@ class Deployment(Producing):
         """Per routed partition, the watermark windows close on (epoch s), from the workers'
         metrics (a partition a worker no longer owns is not on its page)."""
         out: dict[int, float] = {}
-        for w in self.running():
+        for w in self.running_workers():
             try:
                 with urllib.request.urlopen(
                     f"http://127.0.0.1:{w.web_port}/metrics", timeout=5
@@ -305,7 +319,7 @@ class Deployment(Producing):
             try:
                 return all(
                     self.metric_total(w, "meter_outbox_pending_records") == 0
-                    for w in self.running()
+                    for w in self.running_workers()
                 )
             except OSError:  # a worker not serving its page yet
                 return False
