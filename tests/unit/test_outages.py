@@ -18,6 +18,7 @@ from meter.adapters.broker import BrokerLayout, free_port
 from meter.adapters.broker_cluster import LocalCluster, ProxiedListener
 from meter.adapters.outages import ClientNoise, KafkaLink, LinkCollector, probe
 from meter.adapters.runner import durability
+from meter.cli import main
 
 
 class FakeClock:
@@ -177,3 +178,18 @@ def test_a_local_cluster_of_three_nodes_is_configured_for_replication_3_and_min_
     } <= lines
     assert "PROXIED" not in cluster.node(1).layout.properties_file.read_text()
     assert cluster.cluster_id() == cluster.cluster_id()  # one id, kept for every node
+
+
+def test_meter_kafka_status_with_brokers_reports_each_node_of_the_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"METER_STATE_DIR": str(tmp_path)}
+    port = free_port()
+    assert main(["kafka", "status", "--brokers", "3", "--port", str(port)], env=env) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"node {i}: not running (pid None), 127.0.0.1:{port + 2 * (i - 1)}" for i in (1, 2, 3)
+    ]
+    assert main(["kafka", "status", "--brokers", "0"], env=env) == 2
+    assert main(["kafka", "start", "--brokers", "3", "--secure"], env=env) == 2
+    assert "--brokers" in capsys.readouterr().err
