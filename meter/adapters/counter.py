@@ -63,6 +63,10 @@ class Counter:
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}
+        self.revocations: dict[int, int] = {}
+        """Per partition, how many times it was revoked: a count that moved while a record
+        waited on Kafka (building the ledger, reading skipped records) means the partition left
+        meanwhile, and whatever the wait returned must not be used."""
         self.in_flight: dict[int, int] = {}
         """Outputs handed to the producer and not yet acknowledged by Kafka, per partition."""
         self.offsets = RoutedOffsets(
@@ -89,6 +93,7 @@ class Counter:
         for p in gone:
             self.ledgers.pop(p, None)
             self.unsent.pop(p, None)
+            self.revocations[p] = self.revocations.get(p, 0) + 1
         self.offsets.forget(gone)
 
     async def commit(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
@@ -106,16 +111,26 @@ class Counter:
         """Fold one routed record (a faust message), after any records faust skipped before it,
         then publish the partition's outputs."""
         partition = msg.partition
+        epoch = self.revocations.get(partition, 0)
         ledger = self.ledgers.get(partition)
         expected: int | None
         if ledger is None:
             ledger, expected = await self._bootstrap(partition)
-            if self.ledgers.get(partition) is not ledger:
-                return  # revoked meanwhile: whoever counts it next finds the gap and reads it
+            if self.revocations.get(partition, 0) != epoch:
+                # Revoked while the ledger was built (a rebalance during a Kafka outage): its
+                # state may already change elsewhere. Not kept, the record not applied: the
+                # next owner counts it.
+                log.info("partition %d: revoked while its ledger was built; left to its new "
+                         "owner", partition)  # fmt: skip
+                return
+            self.ledgers[partition] = ledger
         else:
             expected = ledger.next_offset()
         if expected is not None and msg.offset > expected:
-            await self._fill_gap(ledger, partition, expected, msg.offset)
+            skipped = await self._read_gap(partition, expected, msg.offset)
+            if self.revocations.get(partition, 0) != epoch:
+                return  # revoked while reading: the ledger is gone, the next owner reads them
+            self._fill_gap(ledger, partition, expected, msg.offset, skipped)
         now_ms = int(self.clock() * 1000)
         timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
         self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
@@ -149,20 +164,30 @@ class Counter:
         if applied.outbox:
             self.unsent.setdefault(ledger.partition, []).extend(applied.outbox)
 
-    async def _fill_gap(
-        self, ledger: PartitionLedger, partition: int, start: int, end: int
-    ) -> None:
-        """Apply routed records [start, end) that faust's consumer skipped (see the module doc)."""
+    async def _read_gap(
+        self, partition: int, start: int, end: int
+    ) -> list[tuple[int, bytes | None, int | None]]:
+        """Routed records [start, end) that faust's consumer skipped (see the module doc)."""
         log.warning(
             "partition %d: records %d..%d were skipped by the consumer; reading them directly",
             partition,
             start,
             end - 1,
         )
-        records = await read_range(
+        return await read_range(
             self.bootstrap, self.settings.routed_topic, partition, start, end,
             security=self.settings.kafka_security,
         )  # fmt: skip
+
+    def _fill_gap(
+        self,
+        ledger: PartitionLedger,
+        partition: int,
+        start: int,
+        end: int,
+        records: list[tuple[int, bytes | None, int | None]],
+    ) -> None:
+        """Apply the skipped records `_read_gap` read."""
         now_ms = int(self.clock() * 1000)
         for offset, value, timestamp_ms in records:
             self._apply(ledger, offset, value or TICK, timestamp_ms, now_ms)
@@ -198,7 +223,6 @@ class Counter:
                 self.bootstrap, self.settings.routed_topic, partition,
                 security=self.settings.kafka_security,
             )  # fmt: skip
-        self.ledgers[partition] = ledger
         return ledger, expected
 
     # -- publishing ----------------------------------------------------------------------------

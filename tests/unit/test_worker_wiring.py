@@ -286,6 +286,48 @@ def test_a_ledger_with_no_state_reads_back_from_the_partitions_first_record(
     assert consumer.commits == [{tp: 8}]
 
 
+@pytest.mark.parametrize("revoked_in", ["first_offset", "read_range"])
+def test_a_partition_revoked_while_its_record_waits_on_kafka_is_left_to_its_new_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, revoked_in: str
+) -> None:
+    """During a network fault the counter waited on Kafka to build a ledger (or to read back
+    skipped records) while the group moved the partition to another worker. Seen in
+    test_network_faults: the ledger was kept anyway, stale, and its watermark stayed on the
+    metrics page for good. What the wait returned is dropped: no ledger, nothing applied."""
+    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    worker = worker_for(settings)
+    consumer = CommitLog({TP(settings.routed_topic, 0)})
+    worker.app._consumer = consumer
+    worker.counter.app.store = DictStore()  # type: ignore[assignment]
+    applied: list[int] = []
+
+    async def first_offset(bootstrap: str, topic: str, p: int, *, security: object) -> int:
+        if revoked_in == "first_offset":
+            worker.counter.revoked([0])
+        return 0
+
+    async def read_range(
+        bootstrap: str, topic: str, p: int, start: int, end: int, *, security: object
+    ) -> list[object]:
+        if revoked_in == "read_range":
+            worker.counter.revoked([0])
+        return [(o, TICK, 0) for o in range(start, end)]
+
+    monkeypatch.setattr("meter.adapters.counter.first_offset", first_offset)
+    monkeypatch.setattr("meter.adapters.counter.read_range", read_range)
+    monkeypatch.setattr(worker.counter, "_apply", lambda ledger, offset, *a: applied.append(offset))
+    msg = SimpleNamespace(partition=0, offset=7, timestamp=None, value=TICK)
+
+    async def run() -> None:
+        await worker.counter.count(msg)
+        await worker._commit()
+
+    asyncio.run(run())
+    assert worker.counter.ledgers == {}
+    assert applied == []
+    assert consumer.commits == []
+
+
 def test_routed_offsets_are_committed_after_the_changelog_records_queued_before_them() -> None:
     tracker = ChangelogTracker(lambda exc: None)
     tp0, tp1 = TP("routed", 0), TP("routed", 1)
