@@ -298,7 +298,19 @@ class Deployment(Producing):
                 marks = self.watermarks()
                 return len(marks) == self.partitions and min(marks.values()) >= target
 
-            wait_until(reached, timeout, interval=0.5, what="every watermark", abort=self.died)
+            try:
+                wait_until(reached, timeout, interval=0.5, what="every watermark",
+                           abort=self.died)  # fmt: skip
+            except AssertionError as exc:
+                marks = self.watermarks()
+                where = ", ".join(
+                    f"partition {p}: {marks[p] - target:+.0f}s" if p in marks else f"{p}: none"
+                    for p in range(self.partitions)
+                )
+                raise AssertionError(
+                    f"{exc} (group {self.group}, watermarks against the target: {where}; "
+                    f"routed committed/end: {self.routed_offsets()})"
+                ) from None
         ends = {p: end for p, (_, end) in self.routed_offsets().items()}
 
         def counted() -> bool:

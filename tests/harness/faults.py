@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
+import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -27,6 +30,26 @@ from tests.harness.processes import WorkerProcess, wait_until
 
 
 # -- brokers -----------------------------------------------------------------------------------
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive TCP ports free on `host` right now (a local cluster's
+    nodes take consecutive ports)."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20_000, 60_000)
+        if all(_bindable(host, base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def kill_broker(broker: LocalBroker) -> None:
     """SIGKILL: a crash; nothing is flushed (the page cache survives: a process crash only)."""
     pid = broker.pid()
@@ -219,3 +242,21 @@ def readyz(process: WorkerProcess) -> tuple[int, dict[str, Any]]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def stored_alert_ids(database: str) -> set[str]:
+    """The alert ids the store (`meter store`, SQLite) holds."""
+    with sqlite3.connect(database) as db:
+        return {row[0] for row in db.execute("SELECT id FROM alert")}
+
+
+def diagnose(d: Deployment) -> None:
+    """When a fault test fails: print each process's readiness, and make each worker log every
+    thread's and task's stack (mode does on SIGUSR1; the logs are printed at the end)."""
+    for process in d.running():
+        if process.web_port:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"{process.log_path.name} /readyz: {readyz(process)}")
+        if process.args[0] == "worker":  # only faust's workers handle it
+            os.kill(process.pid, signal.SIGUSR1)
+    time.sleep(3)

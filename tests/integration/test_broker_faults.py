@@ -10,10 +10,7 @@ Recovery times are printed for the report (RELIABILITY.md), never asserted."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
 from tests.harness.deployment import Deployment, deployment_factory
 from tests.harness.faults import (
     SteadyProducer,
+    diagnose,
     kill_broker,
     log_levels,
     measure_recovery,
@@ -32,6 +30,7 @@ from tests.harness.faults import (
     readyz,
     restart_broker,
     resume_broker,
+    stored_alert_ids,
     wait_ready,
 )
 from tests.harness.oracle import expected_cap_alerts
@@ -123,7 +122,7 @@ def test_broker_killed_paused_and_a_worker_started_while_it_is_down(
     try:
         finish_and_check(d, sent)
     except AssertionError:
-        dump_stacks(d)
+        diagnose(d)
         raise
 
     # Nobody exited: the workers b and c, the store and the API survived both outages.
@@ -145,16 +144,3 @@ def test_broker_killed_paused_and_a_worker_started_while_it_is_down(
     assert "answers again after" in b.log_text()
     print("\n".join(report))
     d.stop_all()
-
-
-def dump_stacks(d: Deployment) -> None:
-    """mode logs every thread's and task's stack on SIGUSR1: what was each process doing?"""
-    for process in d.running():
-        if process.args[0] == "worker":  # only faust's workers handle it
-            os.kill(process.pid, signal.SIGUSR1)
-    time.sleep(3)
-
-
-def stored_alert_ids(database: str) -> set[str]:
-    with sqlite3.connect(database) as db:
-        return {row[0] for row in db.execute("SELECT id FROM alert")}
