@@ -18,8 +18,11 @@ from tests.harness.faultproxy import FaultProxy, running_proxy
 
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        while data := self.request.recv(4096):
-            self.request.sendall(data)
+        try:
+            while data := self.request.recv(4096):
+                self.request.sendall(data)
+        except ConnectionError:  # the proxy reset its side: what a cut does
+            pass
 
 
 @pytest.fixture
@@ -64,13 +67,26 @@ def _broken(s: socket.socket) -> bool:
     return False
 
 
+def _refused(proxy: FaultProxy) -> bool:
+    """Whether a new connection is reset: at once (the reset can beat `connect` returning on
+    loopback) or within two round trips."""
+    try:
+        s = _connect(proxy)
+    except ConnectionError:
+        return True
+    with s:
+        return _broken(s)
+
+
 def test_it_forwards_and_adds_the_latency_each_way(proxy: FaultProxy) -> None:
+    """Only lower bounds: a loaded machine can make any round trip slow, never fast."""
     with _connect(proxy) as s:
-        assert _round_trip(s) < 0.2
+        _round_trip(s)
         proxy.set_latency(150)
         assert _round_trip(s) >= 0.3  # 150 ms there, 150 ms back
         proxy.heal()
-        assert _round_trip(s) < 0.2
+        _round_trip(s)
+        assert proxy.latency_s == 0
 
 
 def test_a_cut_resets_open_connections_and_refusing_resets_new_ones(proxy: FaultProxy) -> None:
@@ -79,8 +95,7 @@ def test_a_cut_resets_open_connections_and_refusing_resets_new_ones(proxy: Fault
         assert proxy.cut() == 1
         assert _broken(s)
     proxy.refuse(True)
-    with _connect(proxy) as s:
-        assert _broken(s)
+    assert _refused(proxy)
     proxy.refuse(False)
     with _connect(proxy) as s:
         _round_trip(s)
