@@ -116,6 +116,11 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "--metrics-max-apps", 100, positive_int, "apps with their own cap series", "`100`",
     ),
     Option(
+        "--unknown-app-alerts", 100, positive_int,
+        "`unknown_app` alerts per routed partition per UTC day; past them, one "
+        "`unknown_app_flood` alert for the partition and day, and no more (see *Alerts*)", "`100`",
+    ),
+    Option(
         "--replication", None, positive_int,
         "replication factor of topics it creates (3 or more: also `min.insync.replicas=2`)",
         "the broker's `default.replication.factor`",
@@ -157,6 +162,7 @@ class WorkerSettings:
     web_port: int = 6066
     tick_ms: int = 1_000
     metrics_max_apps: int = 100
+    unknown_app_alerts: int = 100
     replication: int | None = None
     """None: the broker's default (and its `min.insync.replicas`)."""
     stall_timeout_ms: int = 120_000

@@ -60,6 +60,7 @@ class Counter:
             history_horizon_ms=settings.history_horizon_ms,
             source_topic=settings.routed_topic,
             quota_interval_ms=settings.quota_interval_ms,
+            unknown_app_alerts=settings.unknown_app_alerts,
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}

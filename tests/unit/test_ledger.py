@@ -400,6 +400,37 @@ def test_unknown_app_is_counted_and_alerted_once_per_day(policy: Policy) -> None
     assert slot(store, "org", "shadow", "1h", 0).calls == 1  # claimed org of an unknown app
 
 
+def test_unknown_app_alerts_are_limited_per_partition_and_day_through_a_restart(
+    policy: Policy,
+) -> None:
+    """Three alerts a day: ghosts 0-2 get theirs, ghost 3 raises the one flood alert, later
+    ghosts none; every call is counted; a ledger rebuilt from the store mid-day goes on from the
+    same budget, and the next day starts a new one."""
+    store = JsonStore()
+    ledger = new_ledger(policy, store, unknown_app_alerts=3)
+    out = run(ledger, 0, [ev(f"u{i}", 1, f"ghost{i}") for i in range(2)]).outbox
+    out += run(ledger, 1, [ev("u1b", 2, "ghost1"), ev("u2", 2, "ghost2")]).outbox
+    ledger = new_ledger(policy, store, unknown_app_alerts=3)  # a restart
+    ledger.bootstrap(store.items())
+    out += run(ledger, 2, [ev(f"u{i}", 3, f"ghost{i}") for i in range(3, 8)]).outbox
+    out += run(ledger, 3, [ev("u8", 4, "ghost8"), ev("u0b", 4, "ghost0")]).outbox
+    out += run(ledger, 4, [ev("n9", 60 * 24 + 1, "ghost9")]).outbox
+    alerts = alerts_of(out)
+    assert [(a["kind"], a["subject"], a["window"]["start"][:10]) for a in alerts] == [
+        ("unknown_app", "ghost0", "2022-01-01"),
+        ("unknown_app", "ghost1", "2022-01-01"),
+        ("unknown_app", "ghost2", "2022-01-01"),
+        ("unknown_app_flood", "*", "2022-01-01"),
+        ("unknown_app", "ghost9", "2022-01-02"),
+    ]
+    flood = alerts[3]
+    assert (flood["severity"], flood["event_id"]) == ("critical", "u3")
+    assert (flood["routed_partition"], flood["alerts_per_day"]) == ("0", "3")
+    assert [slot(store, "app", f"ghost{i}", "15m", 0).calls for i in range(9)] == [
+        2, 2, 1, 1, 1, 1, 1, 1, 1
+    ]  # fmt: skip
+
+
 def test_government_recipient_needs_a_recorded_notice(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)

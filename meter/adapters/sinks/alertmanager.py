@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ALERT_NAMES = {
     "cap": "MeterCapThreshold",
     "unknown_app": "MeterUnknownApp",
+    "unknown_app_flood": "MeterUnknownAppFlood",
     "restricted_use": "MeterRestrictedUse",
 }
 MAX_ALERTS_PER_POST = 500
@@ -100,6 +101,17 @@ def alert_annotations(value: Json) -> dict[str, str]:
         description = (
             f"App {value['subject']} is not in the policy; its calls are still counted"
             f"{f' under org {org}' if org else ''}. First call in {span} {when}.{late}"
+        )
+    elif kind == "unknown_app_flood":
+        summary = (
+            f"more than {value.get('alerts_per_day')} unknown apps called the API on routed "
+            f"partition {value.get('routed_partition')} in one day"
+        )
+        description = (
+            f"Routed partition {value.get('routed_partition')} raised its "
+            f"{value.get('alerts_per_day')} unknown-app alerts for {span}; further unknown apps "
+            f"get no alert of their own until the day ends (their calls are still counted: see "
+            f"meter_unknown_app_events_total). The first one past the limit {when}.{late}"
         )
     elif kind == "restricted_use":
         summary = (

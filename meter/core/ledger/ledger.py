@@ -47,6 +47,8 @@ class LedgerSettings:
     """Per-endpoint breakdown entries per window; further endpoints fold into "(other)"."""
     max_recipients: int = 50
     """Per-recipient entries per window (restricted-use recipients always have their own)."""
+    unknown_app_alerts: int = 100
+    """`unknown_app` alerts per partition per UTC day; past them, one `unknown_app_flood`."""
     source_topic: str = "routed"
     """The routed topic's name, for the dead letters the ledger writes."""
     quota_interval_ms: int = 1_000
@@ -91,7 +93,7 @@ class PartitionLedger:
         self.ids = IdMemory(partition)
         self.tally = Tally(
             partition, policy, self.horizons, self.state, self.schedule,
-            settings.max_endpoints, settings.max_recipients,
+            settings.max_endpoints, settings.max_recipients, settings.unknown_app_alerts,
         )  # fmt: skip
         self.meta = PartitionMeta(partition)
         self.feed = QuotaFeed(settings.quota_interval_ms)

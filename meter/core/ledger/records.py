@@ -84,18 +84,21 @@ class WindowSlot:
 
 @dataclass(slots=True)
 class DayMarker:
-    """A once-per-day alert that fired, remembered until the history horizon passes its day."""
+    """A once-per-day alert that fired, remembered until the history horizon passes its day; or
+    (`count`) how many of a day's unknown-app alerts a partition has raised."""
 
     partition: int
     day_ms: int
     outbox: list[Outbound] = field(default_factory=list)
+    count: int = 0
 
     def encode(self) -> Encoded:
-        return ["m", self.partition, self.day_ms, _outbox(self.outbox)]
+        head = ["m", self.partition, self.day_ms, _outbox(self.outbox)]
+        return [*head, self.count] if self.count else head
 
     @classmethod
     def decode(cls, v: Encoded) -> DayMarker:
-        return cls(v[1], v[2], _outbound(v[3]))
+        return cls(v[1], v[2], _outbound(v[3]), v[4] if len(v) > 4 else 0)
 
 
 @dataclass(slots=True)

@@ -93,6 +93,7 @@ class Tally:
         schedule: Schedule,
         max_endpoints: int,
         max_recipients: int,
+        unknown_app_alerts: int = 100,
     ) -> None:
         self.partition = partition
         self.policy = policy
@@ -101,6 +102,7 @@ class Tally:
         self.schedule = schedule
         self.max_endpoints = max_endpoints
         self.max_recipients = max_recipients
+        self.unknown_app_alerts = unknown_app_alerts
         self.restricted = frozenset(r.recipient for r in policy.restricted_uses)
         self._caps: dict[SubjectKey, dict[str, list[tuple[Cap, Levels]]]] = {}
         self._filtered: dict[SubjectKey, list[Cap]] = {}
@@ -146,7 +148,7 @@ class Tally:
                 claimed.setdefault(("app", ev.app_id), org)
                 if not policy.known_app(ev.app_id):
                     stats.unknown_app += first
-                    self._marker(ctx, "unknown_app", "warning", "app", ev.app_id, org, ev, {})
+                    self._unknown_app(ctx, ev, org)
             if org is not None and orgs:
                 groups.setdefault(("org", org, starts), []).append(ev)
                 claimed.setdefault(("org", org), org)
@@ -337,6 +339,38 @@ class Tally:
         stype, subject = ("org", org) if org is not None else ("app", ev.app_id)
         self._marker(ctx, "restricted_use", rule.severity, stype, subject, org, ev, details)
 
+    def _unknown_app(self, ctx: Context, ev: ApiCall, org: str | None) -> None:
+        """One `unknown_app` alert per unknown app and UTC day, for the first
+        `unknown_app_alerts` apps of the day on this partition. The next one raises a single
+        `unknown_app_flood` alert for the partition and day instead, and later ones none: their
+        events are counted all the same. A budget in the state (a `DayMarker` with a count), so
+        which apps get an alert is the same through every restart and replay."""
+        day = ev.time_ms - ev.time_ms % DAY_MS
+        if self._marked(ctx, _marker_key("unknown_app", "app", ev.app_id, {}, day)):
+            return
+        budget_key = f"m|unknown_app_budget|{self.partition}|{day}"
+        found = self.state.get(budget_key)
+        raised = found.count if isinstance(found, DayMarker) else 0
+        if raised > self.unknown_app_alerts:
+            return
+        self.state.put(budget_key, DayMarker(self.partition, day, [], raised + 1))
+        if raised == 0:
+            self.schedule.expire_at(self.horizons.forget_due(day + DAY_MS), budget_key)
+        if raised < self.unknown_app_alerts:
+            self._raise(ctx, "unknown_app", "warning", "app", ev.app_id, org, ev, {})
+        else:
+            details = {"routed_partition": str(self.partition),
+                       "alerts_per_day": str(self.unknown_app_alerts)}  # fmt: skip
+            self._marker(ctx, "unknown_app_flood", "critical", "app", "*", None, ev, details)
+
+    def _marked(self, ctx: Context, key: str) -> bool:
+        """Whether the marker `key` was raised already (by this record or before it); from now
+        on it is (by this record)."""
+        if key in ctx.markers:
+            return True
+        ctx.markers.add(key)
+        return self.state.get(key) is not None
+
     def _marker(
         self,
         ctx: Context,
@@ -351,12 +385,23 @@ class Tally:
         """Raise a once-per-subject-per-UTC-day alert, remembered until the history horizon has
         passed its day: no later event can raise it again."""
         day = ev.time_ms - ev.time_ms % DAY_MS
-        key = f"m|{kind}|{stype}|{subject}|{'|'.join(details.values())}|{day}"
-        if key in ctx.markers:
-            return
-        ctx.markers.add(key)
-        if self.state.get(key) is not None:
-            return
+        if not self._marked(ctx, _marker_key(kind, stype, subject, details, day)):
+            self._raise(ctx, kind, severity, stype, subject, org, ev, details)
+
+    def _raise(
+        self,
+        ctx: Context,
+        kind: str,
+        severity: str,
+        stype: str,
+        subject: str,
+        org: str | None,
+        ev: ApiCall,
+        details: dict[str, str],
+    ) -> None:
+        """The alert of a marker not raised before, and the marker that remembers it."""
+        day = ev.time_ms - ev.time_ms % DAY_MS
+        key = _marker_key(kind, stype, subject, details, day)
         h = self.horizons
         late = ctx.close_wm is not None and h.close_due(day + DAY_MS) <= ctx.close_wm
         alert = marker_alert(
@@ -367,6 +412,10 @@ class Tally:
         self.state.put(key, DayMarker(self.partition, day, [alert]))
         self.schedule.expire_at(h.forget_due(day + DAY_MS), key)
         ctx.outbox.append(Pending(key, alert))
+
+
+def _marker_key(kind: str, stype: str, subject: str, details: dict[str, str], day: int) -> str:
+    return f"m|{kind}|{stype}|{subject}|{'|'.join(details.values())}|{day}"
 
 
 def _merge(cells: Cells, added: Cells, limit: int, keep: frozenset[str] = frozenset()) -> None:
