@@ -26,11 +26,13 @@ def validator(name: str) -> Draft202012Validator:
 
 def emitted() -> list[Pending]:
     """A ledger's outputs through alerts, a close, a late amendment and one after compaction."""
-    ledger = new_ledger(load_policy(POLICY), JsonStore(), late_horizon_ms=30 * MIN)
+    ledger = new_ledger(
+        load_policy(POLICY), JsonStore(), late_horizon_ms=30 * MIN, unknown_app_alerts=1
+    )
     out: list[Pending] = []
     out += run(ledger, 0, [ev(f"e{i}", 1, records=12, status=200) for i in range(10)]).outbox
     out += run(ledger, 1, [ev("g", 2, "g1", recipient="government")]).outbox
-    out += run(ledger, 2, [ev("u", 3, "ghost")]).outbox
+    out += run(ledger, 2, [ev("u", 3, "ghost"), ev("u2", 3, "ghost2")]).outbox  # and a flood
     out += progress(ledger, 3, 20).outbox  # closes the first 15 minutes
     out += run(ledger, 4, [ev("late", 4, endpoint="/search")]).outbox
     out += progress(ledger, 5, 2 * 60).outbox  # compacts them
@@ -51,6 +53,8 @@ def test_every_emitted_record_matches_its_schema(kind: str, schema: str) -> None
     check = validator(schema)
     values: list[Any] = [p.record.value for p in emitted() if p.record.kind == kind]
     assert len(values) >= 3
+    if kind == ALERTS:
+        assert {v["kind"] for v in values} >= {"cap", "unknown_app", "unknown_app_flood"}
     for value in values:
         errors = sorted(check.iter_errors(value), key=str)
         assert not errors, f"{value}\n{errors[0]}"

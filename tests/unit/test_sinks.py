@@ -259,6 +259,26 @@ def test_labels_of_unknown_app_alerts() -> None:
     assert "org" not in alert_labels(unknown_app(None))
 
 
+def test_an_unknown_app_flood_alert_names_the_partition_and_the_limit() -> None:
+    flood = marker_alert(
+        kind="unknown_app_flood", severity="critical", subject_type="app", subject="*",
+        org_id=None, day_start_ms=T0, day_end_ms=T0 + DAY, crossed_at_ms=T0 + 60_000,
+        event_id="u101", late=False, now_ms=NOW,
+        details={"routed_partition": "3", "alerts_per_day": "100"},
+    ).value  # fmt: skip
+    assert alert_labels(flood) == {
+        "alertname": "MeterUnknownAppFlood",
+        "severity": "critical",
+        "app": "*",
+        "subject_type": "app",
+        "subject": "*",
+        "window": "1d",
+        "window_start": "2022-01-01T00:00:00Z",
+    }
+    summary = alert_annotations(flood)["summary"]
+    assert summary == "more than 100 unknown apps called the API on routed partition 3 in one day"
+
+
 def test_labels_of_a_restricted_use_alert() -> None:
     assert alert_labels(restricted()) == {
         "alertname": "MeterRestrictedUse",
