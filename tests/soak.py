@@ -5,7 +5,8 @@ sometimes is a bug report, and a loop is how it is found.
     python -m tests.soak --runs 20 --bootstrap 127.0.0.1:9092 'tests/...::test_x[same-data-dir]'
 
 Every run is one pytest process; its temporary files (worker logs, data dirs) are kept under
-`--keep` when it fails. Stops at the first failure unless `--keep-going`. Prints the counts of
+`--keep` when it fails, with its output (`run-N.out`; every run's with `--outputs`: the fault
+tests print their recovery figures). Stops at the first failure unless `--keep-going`. Prints the counts of
 each test node; the exit status is the number of failed runs.
 """
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default=os.environ.get("METER_KAFKA_BOOTSTRAP"))
     parser.add_argument("--keep", type=Path, default=Path(tempfile.gettempdir()) / "meter-soak")
     parser.add_argument("--keep-going", action="store_true")
+    parser.add_argument(
+        "--outputs", action="store_true",
+        help="keep every run's output (run-N.out), passed or not: the fault tests print figures",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     broker = None
@@ -75,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{time.monotonic() - started:.0f}s)",
                 flush=True,
             )
+            if args.outputs or not ok:
+                (args.keep / f"run-{run}.out").write_text(proc.stdout + proc.stderr)
             if ok:
                 shutil.rmtree(basetemp, ignore_errors=True)
                 continue
             failed_runs += 1
-            (args.keep / f"run-{run}.out").write_text(proc.stdout + proc.stderr)
             print(f"  output: {args.keep / f'run-{run}.out'}; files: {basetemp}", flush=True)
             if not args.keep_going:
                 break
