@@ -6,8 +6,8 @@ sometimes is a bug report, and a loop is how it is found.
 
 Every run is one pytest process; its temporary files (worker logs, data dirs) are kept under
 `--keep` when it fails, with its output (`run-N.out`; every run's with `--outputs`: the fault
-tests print their recovery figures). Stops at the first failure unless `--keep-going`. Prints the counts of
-each test node; the exit status is the number of failed runs.
+tests print their recovery figures). Stops at the first failure unless `--keep-going`. Prints
+the counts of each test node; the exit status is the number of failed runs.
 """
 
 from __future__ import annotations

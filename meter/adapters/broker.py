@@ -288,6 +288,7 @@ class LocalBroker:
         ]
 
     def _format(self) -> None:
+        """Format the data dir once (a formatted one is left alone)."""
         if (self.layout.data_dir / "meta.properties").is_file():
             return
         self.layout.data_dir.mkdir(parents=True, exist_ok=True)
@@ -295,13 +296,21 @@ class LocalBroker:
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            _cluster_id(),
+            self._format_cluster_id(),
             "-c",
             str(self.layout.properties_file),
         )
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise BrokerError(f"formatting storage failed:\n{done.stdout}{done.stderr}".rstrip())
+            raise BrokerError(
+                f"formatting {self._name()} failed:\n{done.stdout}{done.stderr}".rstrip()
+            )
+
+    def _format_cluster_id(self) -> str:
+        return _cluster_id()
+
+    def _name(self) -> str:
+        return "storage"
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,24 +101,12 @@ class ClusterNode(LocalBroker):
             )
         )
 
-    def _format(self) -> None:
-        """Format with the cluster's id (static voters: no `--standalone`)."""
-        if (self.layout.data_dir / "meta.properties").is_file():
-            return
-        self.layout.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = self._java_cmd(
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            self.cluster.cluster_id(),
-            "-c",
-            str(self.layout.properties_file),
-        )
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise BrokerError(
-                f"formatting node {self.node_id} failed:\n{done.stdout}{done.stderr}".rstrip()
-            )
+    def _format_cluster_id(self) -> str:
+        """Every node is formatted with the cluster's id (static voters: no `--standalone`)."""
+        return self.cluster.cluster_id()
+
+    def _name(self) -> str:
+        return f"node {self.node_id}"
 
 
 class LocalCluster:

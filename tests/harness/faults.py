@@ -26,7 +26,9 @@ from kafka.errors import KafkaError
 from meter.adapters.broker import LocalBroker
 from tests.harness.data import Event, dumps
 from tests.harness.deployment import Deployment
+from tests.harness.oracle import expected_cap_alerts
 from tests.harness.processes import WorkerProcess, wait_until
+from tests.harness.recovery import ORG_OF, alerts_reach, caps_of, finish_and_check, stream
 
 
 # -- brokers -----------------------------------------------------------------------------------
@@ -260,3 +262,58 @@ def diagnose(d: Deployment) -> None:
         if process.args[0] == "worker":  # only faust's workers handle it
             os.kill(process.pid, signal.SIGUSR1)
     time.sleep(3)
+
+
+# -- a scenario ----------------------------------------------------------------------------------
+@dataclass
+class UnderLoad:
+    """Two workers, the store and the API on one deployment, with a steady producer streaming
+    `stream(n)` (5% gateway retries): what every fault test runs its faults against."""
+
+    d: Deployment
+    database: str
+    workers: list[WorkerProcess]
+    store: WorkerProcess
+    api: WorkerProcess
+    sent: list[Event]
+    producer: SteadyProducer
+    report: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, d: Deployment, database: str, rng: random.Random, n: int) -> UnderLoad:
+        workers = [d.start_worker(label="a"), d.start_worker(label="b")]
+        store, api = d.start_store(database), d.start_api(database)
+        for process in (*workers, api):
+            wait_ready(process)
+        batches = stream(rng, n=n, retries=0.05)
+        sent = [ev for batch in batches for ev in batch]
+        producer = SteadyProducer(d.bootstrap, d.input_topic, batches, pause=0.08)
+        producer.start()
+        wait_until(alerts_reach(d, 20), 120, interval=0.3, what="20 alerts", abort=d.died)
+        return cls(d, database, workers, store, api, sent, producer)
+
+    def finish(self, survivors: Sequence[WorkerProcess], max_noisy_lines: int) -> None:
+        """Once the faults are over: the stream ends; every total and alert is exact (on failure,
+        `diagnose`), nobody exited, the API is ready, the store holds every alert once, and each
+        of `survivors` logged at most `max_noisy_lines` WARNING or ERROR lines. Prints the
+        report."""
+        d = self.d
+        self.producer.finish()
+        try:
+            finish_and_check(d, self.sent)
+        except AssertionError:
+            diagnose(d)
+            raise
+        assert not d.died(), d.logs()
+        status, body = readyz(self.api)
+        assert status == 200, body
+        expected = set(expected_cap_alerts(self.sent, caps_of, ORG_OF))
+        wait_until(lambda: stored_alert_ids(self.database) == expected, 120, interval=1,
+                   what="the store to hold every alert", abort=d.died)  # fmt: skip
+        for process in survivors:
+            counts = log_levels(process)
+            self.report.append(f"{process.log_path.name}: {counts['lines']} lines, "
+                               f"{noisy_lines(process)} WARNING/ERROR")  # fmt: skip
+            assert noisy_lines(process) <= max_noisy_lines, process.log_tail(20_000)
+        print("\n".join(self.report))
+        d.stop_all()

@@ -22,19 +22,13 @@ from meter.adapters.broker import BrokerLayout
 from meter.adapters.broker_cluster import ClusterNode, LocalCluster
 from tests.harness.deployment import Deployment, deployment_factory
 from tests.harness.faults import (
-    SteadyProducer,
+    UnderLoad,
     free_port_block,
     kill_broker,
     measure_recovery,
-    noisy_lines,
-    readyz,
     restart_broker,
-    stored_alert_ids,
-    wait_ready,
 )
-from tests.harness.oracle import expected_cap_alerts
-from tests.harness.processes import wait_until
-from tests.harness.recovery import ORG_OF, POLICY, alerts_reach, caps_of, finish_and_check, stream
+from tests.harness.recovery import POLICY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -97,25 +91,14 @@ def test_a_broker_of_three_killed_twice_under_load(
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
-    rng = random.Random(seed)
     d = deployments_on_cluster(POLICY, partitions=4, extra=["--session-timeout", "10s"])
-    database = str(tmp_path / "store.db")
-    a, b = d.start_worker(label="a"), d.start_worker(label="b")
-    store, api = d.start_store(database), d.start_api(database)
-    for process in (a, b, api):
-        wait_ready(process)
+    run = UnderLoad.start(d, str(tmp_path / "store.db"), random.Random(seed), n=40_000)
+    producer, report = run.producer, run.report
     # Every topic, meter's own included, has three replicas.
     topics = [d.input_topic, d.routed_topic, d.changelog_topic, d.alerts_topic, d.windows_topic]
     assert replication_of(d.bootstrap, topics) == {t: {3} for t in topics}
 
-    batches = stream(rng, n=40_000, retries=0.05)
-    sent = [ev for batch in batches for ev in batch]
-    producer = SteadyProducer(d.bootstrap, d.input_topic, batches, pause=0.08)
-    producer.start()
-    report = []
-
     # 1. SIGKILL the broker that leads most of the routed and changelog partitions.
-    wait_until(alerts_reach(d, 20), 120, interval=0.3, what="20 alerts", abort=d.died)
     led = leaders(d.bootstrap, [d.routed_topic, d.changelog_topic])
     victim = cluster.node(led.most_common(1)[0][0])
     killed_at = producer.sent
@@ -141,25 +124,11 @@ def test_a_broker_of_three_killed_twice_under_load(
     second = measure_recovery(d, f"coordinator node {coordinator.node_id} SIGKILL")
     report.append(
         f"coordinator node {coordinator.node_id} SIGKILLed at record {killed_at} "
-        f"(of {len(batches)}): routing resumed {second.resumed_s}s and caught up "
+        f"(of {len(producer.values)}): routing resumed {second.resumed_s}s and caught up "
         f"{second.caught_up_s}s after the kill"
     )
     restart_broker(coordinator)
     cluster.wait_for_brokers(timeout=120)
     d.bootstrap = cluster.bootstrap
 
-    producer.finish()
-    finish_and_check(d, sent)
-
-    # Nobody exited, and nobody lost readiness for good.
-    assert not d.died(), d.logs()
-    status, body = readyz(api)
-    assert status == 200, body
-    expected = set(expected_cap_alerts(sent, caps_of, ORG_OF))
-    wait_until(lambda: stored_alert_ids(database) == expected, 120, interval=1,
-               what="the store to hold every alert", abort=d.died)  # fmt: skip
-    for process in (a, b, store, api):
-        report.append(f"{process.log_path.name}: {noisy_lines(process)} WARNING/ERROR lines")
-        assert noisy_lines(process) <= MAX_NOISY_LINES, process.log_tail(20_000)
-    print("\n".join(report))
-    d.stop_all()
+    run.finish([*run.workers, run.store, run.api], MAX_NOISY_LINES)

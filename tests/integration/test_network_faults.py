@@ -23,19 +23,8 @@ from meter.adapters.broker import BrokerLayout
 from meter.adapters.broker_cluster import LocalCluster, ProxiedListener
 from tests.harness.deployment import Deployment, deployment_factory
 from tests.harness.faultproxy import FaultProxy, running_proxy
-from tests.harness.faults import (
-    SteadyProducer,
-    diagnose,
-    free_port_block,
-    measure_recovery,
-    noisy_lines,
-    readyz,
-    stored_alert_ids,
-    wait_ready,
-)
-from tests.harness.oracle import expected_cap_alerts
-from tests.harness.processes import wait_until
-from tests.harness.recovery import ORG_OF, POLICY, alerts_reach, caps_of, finish_and_check, stream
+from tests.harness.faults import UnderLoad, free_port_block, measure_recovery
+from tests.harness.recovery import POLICY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -87,19 +76,9 @@ def test_latency_cuts_blackhole_and_refusal_between_meter_and_kafka(
     _, proxy = proxied_broker
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
-    rng = random.Random(seed)
     d = deployments_behind_proxy(POLICY, partitions=4, extra=["--session-timeout", SESSION])
-    database = str(tmp_path / "store.db")
-    a, b = d.start_worker(label="a"), d.start_worker(label="b")
-    store, api = d.start_store(database), d.start_api(database)
-    for process in (a, b, api):
-        wait_ready(process)
-    batches = stream(rng, n=40_000, retries=0.05)
-    sent = [ev for batch in batches for ev in batch]
-    producer = SteadyProducer(d.bootstrap, d.input_topic, batches, pause=0.08)
-    producer.start()
-    report = []
-    wait_until(alerts_reach(d, 20), 120, interval=0.3, what="20 alerts", abort=d.died)
+    run = UnderLoad.start(d, str(tmp_path / "store.db"), random.Random(seed), n=40_000)
+    producer, report = run.producer, run.report
 
     # 1. Latency: every chunk held LATENCY_MS each way.
     at = producer.sent
@@ -138,23 +117,5 @@ def test_latency_cuts_blackhole_and_refusal_between_meter_and_kafka(
     r = measure_recovery(d, "refused")
     report.append(f"connections refused {REFUSE_S:.0f}s at record {at}: "
                   f"routing resumed {r.resumed_s}s, caught up {r.caught_up_s}s after")  # fmt: skip
-
-    producer.finish()
-    try:
-        finish_and_check(d, sent)
-    except AssertionError:
-        diagnose(d)
-        raise
-
-    assert not d.died(), d.logs()
-    status, body = readyz(api)
-    assert status == 200, body
-    expected = set(expected_cap_alerts(sent, caps_of, ORG_OF))
-    wait_until(lambda: stored_alert_ids(database) == expected, 120, interval=1,
-               what="the store to hold every alert", abort=d.died)  # fmt: skip
-    for process in (a, b, store, api):
-        report.append(f"{process.log_path.name}: {noisy_lines(process)} WARNING/ERROR lines")
-        assert noisy_lines(process) <= MAX_NOISY_LINES, process.log_tail(20_000)
     report.append(f"proxy: {proxy.connections} connections, {proxy.cuts} reset")
-    print("\n".join(report))
-    d.stop_all()
+    run.finish([*run.workers, run.store, run.api], MAX_NOISY_LINES)

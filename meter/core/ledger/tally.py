@@ -337,7 +337,7 @@ class Tally:
             return
         details = {"app_id": ev.app_id, "recipient": rule.recipient, "rule": rule.requires}
         stype, subject = ("org", org) if org is not None else ("app", ev.app_id)
-        self._marker(ctx, "restricted_use", rule.severity, stype, subject, org, ev, details)
+        self._marker(ctx, Marker("restricted_use", rule.severity, stype, subject, org, details), ev)
 
     def _unknown_app(self, ctx: Context, ev: ApiCall, org: str | None) -> None:
         """One `unknown_app` alert per unknown app and UTC day, for the first
@@ -346,7 +346,8 @@ class Tally:
         events are counted all the same. A budget in the state (a `DayMarker` with a count), so
         which apps get an alert is the same through every restart and replay."""
         day = ev.time_ms - ev.time_ms % DAY_MS
-        if self._marked(ctx, _marker_key("unknown_app", "app", ev.app_id, {}, day)):
+        marker = Marker("unknown_app", "warning", "app", ev.app_id, org)
+        if self._marked(ctx, marker.key(day)):
             return
         budget_key = f"m|unknown_app_budget|{self.partition}|{day}"
         found = self.state.get(budget_key)
@@ -357,11 +358,13 @@ class Tally:
         if raised == 0:
             self.schedule.expire_at(self.horizons.forget_due(day + DAY_MS), budget_key)
         if raised < self.unknown_app_alerts:
-            self._raise(ctx, "unknown_app", "warning", "app", ev.app_id, org, ev, {})
+            self._raise(ctx, marker, ev)
         else:
             details = {"routed_partition": str(self.partition),
                        "alerts_per_day": str(self.unknown_app_alerts)}  # fmt: skip
-            self._marker(ctx, "unknown_app_flood", "critical", "app", "*", None, ev, details)
+            self._marker(
+                ctx, Marker("unknown_app_flood", "critical", "app", "*", None, details), ev
+            )
 
     def _marked(self, ctx: Context, key: str) -> bool:
         """Whether the marker `key` was raised already (by this record or before it); from now
@@ -371,51 +374,45 @@ class Tally:
         ctx.markers.add(key)
         return self.state.get(key) is not None
 
-    def _marker(
-        self,
-        ctx: Context,
-        kind: str,
-        severity: str,
-        stype: str,
-        subject: str,
-        org: str | None,
-        ev: ApiCall,
-        details: dict[str, str],
-    ) -> None:
+    def _marker(self, ctx: Context, marker: Marker, ev: ApiCall) -> None:
         """Raise a once-per-subject-per-UTC-day alert, remembered until the history horizon has
         passed its day: no later event can raise it again."""
-        day = ev.time_ms - ev.time_ms % DAY_MS
-        if not self._marked(ctx, _marker_key(kind, stype, subject, details, day)):
-            self._raise(ctx, kind, severity, stype, subject, org, ev, details)
+        if not self._marked(ctx, marker.key(ev.time_ms - ev.time_ms % DAY_MS)):
+            self._raise(ctx, marker, ev)
 
-    def _raise(
-        self,
-        ctx: Context,
-        kind: str,
-        severity: str,
-        stype: str,
-        subject: str,
-        org: str | None,
-        ev: ApiCall,
-        details: dict[str, str],
-    ) -> None:
+    def _raise(self, ctx: Context, marker: Marker, ev: ApiCall) -> None:
         """The alert of a marker not raised before, and the marker that remembers it."""
         day = ev.time_ms - ev.time_ms % DAY_MS
-        key = _marker_key(kind, stype, subject, details, day)
+        key = marker.key(day)
         h = self.horizons
         late = ctx.close_wm is not None and h.close_due(day + DAY_MS) <= ctx.close_wm
         alert = marker_alert(
-            kind=kind, severity=severity, subject_type=stype, subject=subject, org_id=org,
-            day_start_ms=day, day_end_ms=day + DAY_MS, crossed_at_ms=ev.time_ms,
-            event_id=ev.id, late=late, now_ms=ctx.now_ms, details=details,
+            kind=marker.kind, severity=marker.severity, subject_type=marker.subject_type,
+            subject=marker.subject, org_id=marker.org, day_start_ms=day, day_end_ms=day + DAY_MS,
+            crossed_at_ms=ev.time_ms, event_id=ev.id, late=late, now_ms=ctx.now_ms,
+            details=marker.details,
         )  # fmt: skip
         self.state.put(key, DayMarker(self.partition, day, [alert]))
         self.schedule.expire_at(h.forget_due(day + DAY_MS), key)
         ctx.outbox.append(Pending(key, alert))
 
 
-def _marker_key(kind: str, stype: str, subject: str, details: dict[str, str], day: int) -> str:
-    return f"m|{kind}|{stype}|{subject}|{'|'.join(details.values())}|{day}"
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A once-per-day alert: what it is about."""
+
+    kind: str
+    severity: str
+    subject_type: str
+    subject: str
+    org: str | None
+    details: dict[str, str] = field(default_factory=dict)
+
+    def key(self, day: int) -> str:
+        return (
+            f"m|{self.kind}|{self.subject_type}|{self.subject}|"
+            f"{'|'.join(self.details.values())}|{day}"
+        )
 
 
 def _merge(cells: Cells, added: Cells, limit: int, keep: frozenset[str] = frozenset()) -> None:
