@@ -37,7 +37,9 @@ REMIND_EVERY_S = 300.0
 """While Kafka stays unreachable, one reminder line this often."""
 SHOW_EVERY_S = 60.0
 """While Kafka answers, each kind of client error line is shown at most this often."""
-CLIENT_LOGGERS = ("aiokafka", "kafka")
+CLIENT_LOGGERS = ("aiokafka", "kafka", "faust.transport")
+"""Loggers of the Kafka clients (faust's transport: its producer's "buffer full" line comes at
+every flush while a broker fails over)."""
 
 
 def _clock_text(wall_s: float) -> str:
