@@ -123,6 +123,7 @@ class Counter:
                 # next owner counts it.
                 log.info("partition %d: revoked while its ledger was built; left to its new "
                          "owner", partition)  # fmt: skip
+                self.unsent.pop(partition, None)  # its new owner reconciles the outbox
                 return
             self.ledgers[partition] = ledger
         else:
