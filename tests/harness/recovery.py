@@ -85,7 +85,11 @@ def stream(
     if retries:
         for i, batch in enumerate(batches):
             if i and rng.random() < retries:
-                batch.extend(rng.choice(events[: i * per_record]) for _ in range(rng.randint(1, 3)))
+                # events[k] for k < i * per_record: any event sent before (no slice: a copy of
+                # the list per batch made long streams quadratic)
+                batch.extend(
+                    events[rng.randrange(i * per_record)] for _ in range(rng.randint(1, 3))
+                )
     return batches
 
 
