@@ -116,6 +116,11 @@ WORKER_OPTIONS: tuple[Option, ...] = (
         "--metrics-max-apps", 100, positive_int, "apps with their own cap series", "`100`",
     ),
     Option(
+        "--max-unknown-apps", 10_000, positive_int,
+        "unknown apps counted under their own id per routed partition per UTC month; later ones "
+        "are counted together as app `*` (see *Alerts*)", "`10000`",
+    ),
+    Option(
         "--unknown-app-alerts", 100, positive_int,
         "`unknown_app` alerts per routed partition per UTC day; past them, one "
         "`unknown_app_flood` alert for the partition and day, and no more (see *Alerts*)", "`100`",
@@ -163,6 +168,7 @@ class WorkerSettings:
     tick_ms: int = 1_000
     metrics_max_apps: int = 100
     unknown_app_alerts: int = 100
+    max_unknown_apps: int = 10_000
     replication: int | None = None
     """None: the broker's default (and its `min.insync.replicas`)."""
     stall_timeout_ms: int = 120_000

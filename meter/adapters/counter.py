@@ -61,6 +61,7 @@ class Counter:
             source_topic=settings.routed_topic,
             quota_interval_ms=settings.quota_interval_ms,
             unknown_app_alerts=settings.unknown_app_alerts,
+            max_unknown_apps=settings.max_unknown_apps,
         )
         self.ledgers: dict[int, PartitionLedger] = {}
         self.unsent: dict[int, list[Pending]] = {}

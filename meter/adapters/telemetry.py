@@ -52,6 +52,11 @@ class Telemetry:
         self.unknown = Counter(
             "meter_unknown_app_events", "Events from apps the policy does not know", registry=r
         )
+        self.untracked = Counter(
+            "meter_unknown_app_untracked_events",
+            "Events of unknown apps past --max-unknown-apps, counted together as app *",
+            registry=r,
+        )
         self.replayed = Counter(
             "meter_replayed_state_keys",
             "State keys skipped because a replayed record was already applied to them",
@@ -135,6 +140,8 @@ class Telemetry:
             self.late.inc(stats.late)
         if stats.unknown_app:
             self.unknown.inc(stats.unknown_app)
+        if stats.unknown_untracked:
+            self.untracked.inc(stats.unknown_untracked)
         if stats.replayed:
             self.replayed.inc(stats.replayed)
         if stats.too_late:

@@ -431,6 +431,73 @@ def test_unknown_app_alerts_are_limited_per_partition_and_day_through_a_restart(
     ]  # fmt: skip
 
 
+def test_unknown_apps_past_the_limit_are_counted_together_through_a_restart(
+    policy: Policy,
+) -> None:
+    """Two unknown apps a month under their own id: ghost0 and ghost1 (ghost1 back later still
+    is); ghosts 2-4 are counted as app `*`, all calls exactly once; a ledger rebuilt from the
+    store goes on with the same decisions, and a new month starts a new budget."""
+    store = JsonStore()
+    ledger = new_ledger(policy, store, max_unknown_apps=2)
+    stats = [run(ledger, 0, [ev(f"u{i}", 1, f"ghost{i}") for i in range(3)]).stats]
+    ledger = new_ledger(policy, store, max_unknown_apps=2)  # a restart
+    ledger.bootstrap(store.items())
+    stats.append(run(ledger, 1, [ev("u1b", 2, "ghost1"), ev("u3", 2, "ghost3")]).stats)
+    stats.append(run(ledger, 2, [ev("u4", 3, "ghost4", org_id="shadow")]).stats)
+    stats.append(run(ledger, 3, [ev("u5", 31 * 24 * 60 + 1, "ghost5")]).stats)  # February
+    assert slot(store, "app", "ghost0", "15m", 0).calls == 1
+    assert slot(store, "app", "ghost1", "15m", 0).calls == 2
+    assert slot(store, "app", "*", "15m", 0).calls == 3  # ghosts 2, 3 and 4
+    assert slot(store, "app", "*", "15m", 0).org is None  # not whichever org one claimed
+    assert slot(store, "org", "shadow", "15m", 0).calls == 1  # its org still counts it
+    windows = [k for k in store.data if k.startswith("s|")]
+    assert not any(f"|ghost{i}|" in key for i in (2, 3, 4) for key in windows)
+    assert slot(store, "app", "ghost5", "15m", 31 * 24 * 60).calls == 1
+    assert [s.unknown_untracked for s in stats] == [1, 1, 1, 0]
+    assert sum(s.unknown_app for s in stats) == 7
+
+
+def _crash_then_replay_unknown(crash_after: int | None) -> JsonStore:
+    policy = load_policy(POLICY)
+    store = JsonStore()
+    ledger = new_ledger(policy, store, max_unknown_apps=3)
+    run(ledger, 0, [ev("warm", 0, "ghost0")])
+    batch = [ev(f"u{i}", 1, f"ghost{i % 6}") for i in range(12)]
+    ledger.apply(1, batch, NOW, NOW)
+    if crash_after is None:
+        store.flushed = ledger.flush()  # type: ignore[attr-defined]
+        return store
+    store.fail_after = store.puts + crash_after
+    with pytest.raises(RuntimeError):
+        ledger.flush()
+    store.fail_after = None
+    recovered = new_ledger(policy, store, max_unknown_apps=3)
+    recovered.bootstrap(store.items())
+    run(recovered, 1, batch)
+    return store
+
+
+def test_a_crash_at_every_point_of_a_flush_never_counts_an_unknown_app_twice() -> None:
+    """The decision to count an unknown app under its own id is written before its windows: a
+    replay after any partial flush counts each call once, under its own id or under `*`."""
+    clean = _crash_then_replay_unknown(None)
+    apps = [f"ghost{i}" for i in range(6)] + ["*"]
+
+    def calls(store: JsonStore) -> dict[str, int]:
+        return {
+            a: slot(store, "app", a, "15m", 0).calls
+            for a in apps
+            if f"s|app|{a}|15m|{T0}" in store.data
+        }
+
+    assert calls(clean) == {"ghost0": 3, "ghost1": 2, "ghost2": 2, "*": 6}
+    writes = clean.flushed  # type: ignore[attr-defined]
+    assert writes >= 15
+    for crash_after in range(writes):
+        got = calls(_crash_then_replay_unknown(crash_after))
+        assert sum(got.values()) == 13, (crash_after, got)
+
+
 def test_government_recipient_needs_a_recorded_notice(policy: Policy) -> None:
     store = JsonStore()
     ledger = new_ledger(policy, store)

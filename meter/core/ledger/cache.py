@@ -44,16 +44,24 @@ class WriteBackCache:
         self.deleted.add(key)
 
     def flush(self, last: str | None = None) -> int:
-        """Write every changed key to the store, key `last` after all others (the changelog
-        keeps the order, so a crash leaves a prefix of it); returns how many writes that took."""
+        """Write every changed key to the store: markers (`m|...`: once-a-day alerts, budgets,
+        the unknown apps tracked) first, key `last` after all others. The changelog keeps the
+        order, so a crash leaves a prefix of it: a window is never written without the
+        decisions that led to it. Returns how many writes that took."""
         put = self.store.put
+        values = self.values
+        later = []
         for key in self.dirty:
-            if key != last:
-                put(key, self.values[key].encode())
+            if key[0] == "m":
+                put(key, values[key].encode())
+            elif key != last:
+                later.append(key)
+        for key in later:
+            put(key, values[key].encode())
         for key in self.deleted:
             self.store.delete(key)
         if last is not None and last in self.dirty:
-            put(last, self.values[last].encode())
+            put(last, values[last].encode())
         n = len(self.dirty) + len(self.deleted)
         self._evict(self.dirty)
         self.dirty.clear()

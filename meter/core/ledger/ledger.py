@@ -49,6 +49,8 @@ class LedgerSettings:
     """Per-recipient entries per window (restricted-use recipients always have their own)."""
     unknown_app_alerts: int = 100
     """`unknown_app` alerts per partition per UTC day; past them, one `unknown_app_flood`."""
+    max_unknown_apps: int = 10_000
+    """Unknown apps counted under their own id per partition per UTC month; later ones as `*`."""
     source_topic: str = "routed"
     """The routed topic's name, for the dead letters the ledger writes."""
     quota_interval_ms: int = 1_000
@@ -94,6 +96,7 @@ class PartitionLedger:
         self.tally = Tally(
             partition, policy, self.horizons, self.state, self.schedule,
             settings.max_endpoints, settings.max_recipients, settings.unknown_app_alerts,
+            settings.max_unknown_apps,
         )  # fmt: skip
         self.meta = PartitionMeta(partition)
         self.feed = QuotaFeed(settings.quota_interval_ms)

@@ -12,9 +12,11 @@ slot once; events are looked at one by one, in arrival order, only where a thres
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from meter.core.durations import DAY_MS
 from meter.core.events import ApiCall
@@ -26,6 +28,8 @@ from meter.core.outputs import cap_alert, marker_alert, window_json
 from meter.core.policy import Cap, Policy
 from meter.core.windows import WindowSpec
 
+UNKNOWN_APPS = "*"
+"""The app subject unknown apps past the tracking limit are counted under."""
 Levels = list[tuple[float, str, int]]
 """A cap's thresholds: (ratio, severity, the usage that reaches it)."""
 SubjectKey = tuple[str, str]
@@ -40,6 +44,8 @@ class Stats:
     replayed: int = 0
     late: int = 0
     unknown_app: int = 0
+    unknown_untracked: int = 0
+    """Events of unknown apps past `max_unknown_apps`, counted under app `*`."""
     too_late: int = 0
     calls_by_org: dict[str, int] = field(default_factory=dict)
     records_by_org: dict[str, int] = field(default_factory=dict)
@@ -60,6 +66,7 @@ class Context:
     skipped: set[str] = field(default_factory=set)
     amended: set[str] = field(default_factory=set)
     markers: set[str] = field(default_factory=set)
+    tracked: dict[str, bool] = field(default_factory=dict)
     outbox: list[Pending] = field(default_factory=list)
 
 
@@ -94,6 +101,7 @@ class Tally:
         max_endpoints: int,
         max_recipients: int,
         unknown_app_alerts: int = 100,
+        max_unknown_apps: int = 10_000,
     ) -> None:
         self.partition = partition
         self.policy = policy
@@ -103,6 +111,7 @@ class Tally:
         self.max_endpoints = max_endpoints
         self.max_recipients = max_recipients
         self.unknown_app_alerts = unknown_app_alerts
+        self.max_unknown_apps = max_unknown_apps
         self.restricted = frozenset(r.recipient for r in policy.restricted_uses)
         self._caps: dict[SubjectKey, dict[str, list[tuple[Cap, Levels]]]] = {}
         self._filtered: dict[SubjectKey, list[Cap]] = {}
@@ -144,11 +153,15 @@ class Tally:
             t = ev.time_ms
             starts = tuple([spec.bucket(t).start_ms for spec in windows])
             if apps:
-                groups.setdefault(("app", ev.app_id, starts), []).append(ev)
-                claimed.setdefault(("app", ev.app_id), org)
-                if not policy.known_app(ev.app_id):
+                app, app_org = ev.app_id, org
+                if not policy.known_app(app):
                     stats.unknown_app += first
                     self._unknown_app(ctx, ev, org)
+                    if not self._tracked(ctx, ev):
+                        stats.unknown_untracked += first
+                        app, app_org = UNKNOWN_APPS, None
+                groups.setdefault(("app", app, starts), []).append(ev)
+                claimed.setdefault(("app", app), app_org)
             if org is not None and orgs:
                 groups.setdefault(("org", org, starts), []).append(ev)
                 claimed.setdefault(("org", org), org)
@@ -366,6 +379,35 @@ class Tally:
                 ctx, Marker("unknown_app_flood", "critical", "app", "*", None, details), ev
             )
 
+    def _tracked(self, ctx: Context, ev: ApiCall) -> bool:
+        """Whether an unknown app is counted under its own id: the first `max_unknown_apps`
+        distinct unknown apps of a UTC month on this partition are, later ones are counted
+        together as app `*`, so that a flood of made-up ids cannot fill the worker's memory with
+        windows. Decided once per app and month and kept in the state (the decision is written
+        before the windows it leads to: `WriteBackCache.flush`), so replays decide the same."""
+        month, month_end = utc_month(ev.time_ms)
+        key = f"m|unknown_app_tracked|{ev.app_id}|{month}"
+        known = ctx.tracked.get(key)
+        if known is not None:
+            return known
+        state = self.state
+        tracked = state.get(key) is not None
+        if not tracked:
+            budget_key = f"m|unknown_app_tracking|{self.partition}|{month}"
+            found = state.get(budget_key)
+            n = found.count if isinstance(found, DayMarker) else 0
+            if n < self.max_unknown_apps:
+                last_day = month_end - DAY_MS
+                state.put(budget_key, DayMarker(self.partition, last_day, [], n + 1))
+                state.put(key, DayMarker(self.partition, last_day, [], 1))
+                forget = self.horizons.forget_due(month_end)
+                if n == 0:
+                    self.schedule.expire_at(forget, budget_key)
+                self.schedule.expire_at(forget, key)
+                tracked = True
+        ctx.tracked[key] = tracked
+        return tracked
+
     def _marked(self, ctx: Context, key: str) -> bool:
         """Whether the marker `key` was raised already (by this record or before it); from now
         on it is (by this record)."""
@@ -413,6 +455,19 @@ class Marker:
             f"m|{self.kind}|{self.subject_type}|{self.subject}|"
             f"{'|'.join(self.details.values())}|{day}"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _month_of_day(day: int) -> tuple[int, int]:
+    d = datetime.fromtimestamp(day * DAY_MS / 1000, tz=UTC)
+    start = datetime(d.year, d.month, 1, tzinfo=UTC)
+    end = datetime(d.year + d.month // 12, d.month % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def utc_month(t_ms: int) -> tuple[int, int]:
+    """The UTC calendar month of `t_ms`: (start, end) in epoch ms."""
+    return _month_of_day(t_ms // DAY_MS)
 
 
 def _merge(cells: Cells, added: Cells, limit: int, keep: frozenset[str] = frozenset()) -> None:
