@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.drain import MeterTopics, parse_metrics, scrape_text, start_meter
 from bench.infra import connect, create_topics
 from bench.latency import percentile
+from bench.measure import rss_mib, size_mib
 
 log = logging.getLogger("bench.flood")
 
@@ -133,20 +134,6 @@ def _event(eid: str, app: str, now: float, org: str | None = None) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _size_mib(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
 def _series(text: str) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
@@ -211,7 +198,7 @@ async def _run(
 
     async def sample() -> None:
         while True:
-            result.rss_mib.append((round(time.monotonic() - t0, 1), round(_rss_mib(worker.pid), 1)))
+            result.rss_mib.append((round(time.monotonic() - t0, 1), round(rss_mib(worker.pid), 1)))
             await asyncio.sleep(SAMPLE_S)
 
     tasks = [asyncio.create_task(_alerts(consumer, probe_seen, kinds)),
@@ -225,7 +212,7 @@ async def _run(
         tasks.append(live)
         await asyncio.sleep(WARM_UP_S)
         result.series_before = _series(scrape_text(port))
-        result.rss_before_mib = _rss_mib(worker.pid)
+        result.rss_before_mib = rss_mib(worker.pid)
         flood_at = time.monotonic()
         probes = asyncio.create_task(_probes(producer, topics.input, args.probes, probe_sent))
         await _flood(producer, topics.input, args.unknown, run)
@@ -256,7 +243,7 @@ async def _run(
         text = scrape_text(port)
         metrics = parse_metrics(text)
         result.series_after = _series(text)
-        result.rss_after_mib = _rss_mib(worker.pid)
+        result.rss_after_mib = rss_mib(worker.pid)
         result.rss_peak_mib = max((r for _, r in result.rss_mib), default=0.0)
         for k, v in metrics.items():
             if k.startswith("meter_state_keys{"):
@@ -270,7 +257,7 @@ async def _run(
         result.alerts = dict(kinds)
         result.probe_latency_s = [probe_seen[a] - probe_sent[a] for a in probe_seen]
         result.probe_alerts_missing = args.probes - len(probe_seen)
-        result.rocksdb_mib = _size_mib(workdir / "data")
+        result.rocksdb_mib = size_mib(workdir / "data")
     finally:
         stop.set()
         for task in tasks:

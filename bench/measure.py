@@ -28,6 +28,24 @@ def vmhwm_kb(pid: int | str = "self") -> int:
     return -1
 
 
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident set size of a process now, in MiB (VmRSS); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def size_mib(path: Path) -> float:
+    """Bytes of the files under `path`, in MiB (0 when it does not exist)."""
+    if not path.exists():
+        return 0.0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
 def write_json(path: Path, value: dict[str, Any]) -> None:
     """Atomically: a reader polling for `path` never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
+from tests.harness.kafka import local_broker
 
 REPO = Path(__file__).resolve().parents[1]
 _RESULT = re.compile(r"^(PASSED|FAILED|ERROR) (\S+)", re.MULTILINE)
@@ -45,15 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     bootstrap = args.bootstrap
     if not bootstrap:
-        layout = BrokerLayout(
-            home=REPO / "deploy" / "kafka",
-            state=Path(tempfile.mkdtemp(prefix="meter-soak-kafka-")),
-            port=free_port(),
-            controller_port=free_port(),
-        )
-        broker = LocalBroker(layout)
-        broker.start(timeout=120)
-        bootstrap = layout.bootstrap
+        broker = local_broker("meter-soak-kafka-")
+        bootstrap = broker.layout.bootstrap
     args.keep.mkdir(parents=True, exist_ok=True)
     outcomes: Counter[tuple[str, str]] = Counter()
     failed_runs = 0

@@ -1,14 +1,35 @@
-"""Plain kafka-python producing and reading for tests (clients no meter code wrote)."""
+"""Plain kafka-python producing and reading for tests (clients no meter code wrote), and a
+local broker for the on-demand runners."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+
+from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local_broker(prefix: str) -> LocalBroker:
+    """A started broker of its own on free ports, its data in a new temporary dir (the soak,
+    chaos and endurance runners use one when no --bootstrap is given)."""
+    layout = BrokerLayout(
+        home=REPO / "deploy" / "kafka",
+        state=Path(tempfile.mkdtemp(prefix=prefix)),
+        port=free_port(),
+        controller_port=free_port(),
+    )
+    broker = LocalBroker(layout)
+    broker.start(timeout=120)
+    return broker
 
 
 def produce(

@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
 from tests.harness.data import Event
 from tests.harness.deployment import Deployment, write_policy
+from tests.harness.kafka import local_broker
 from tests.harness.processes import WorkerProcess, wait_until
 from tests.harness.recovery import (
     POLICY,
@@ -37,8 +37,6 @@ from tests.harness.recovery import (
     start_stream,
     stream,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _kill(d: Deployment, rng: random.Random, log: Callable[[str], None]) -> None:
@@ -175,16 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        state = Path(tempfile.mkdtemp(prefix="meter-chaos-kafka-"))
-        layout = BrokerLayout(
-            home=REPO / "deploy" / "kafka",
-            state=state,
-            port=free_port(),
-            controller_port=free_port(),
-        )
-        broker = LocalBroker(layout)
-        broker.start(timeout=120)
-        bootstrap = layout.bootstrap
+        broker = local_broker("meter-chaos-kafka-")
+        bootstrap = broker.layout.bootstrap
     failed = 0
     try:
         for i, seed in enumerate(seeds):

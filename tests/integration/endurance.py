@@ -25,31 +25,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from meter.adapters.broker import BrokerLayout, LocalBroker, free_port
+from bench.measure import rss_mib, size_mib
 from tests.harness.deployment import Deployment, write_policy
 from tests.harness.faults import SteadyProducer
+from tests.harness.kafka import local_broker
 from tests.harness.processes import WorkerProcess
 from tests.harness.recovery import POLICY, finish_and_check, stream
 
-REPO = Path(__file__).resolve().parents[2]
 PER_RECORD = 50
 SAMPLE_S = 30.0
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _size_mib(path: Path) -> float:
-    if not path.exists():
-        return 0.0
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def _lags(d: Deployment) -> tuple[int | None, int | None]:
@@ -73,8 +57,8 @@ def sample(d: Deployment, elapsed: float, producer: SteadyProducer) -> dict[str,
 
 
 def _worker(w: WorkerProcess) -> dict[str, Any]:
-    return {"pid": w.pid, "rss_mib": round(_rss_mib(w.pid), 1),
-            "data_mib": round(_size_mib(w.data_dir), 1)}  # fmt: skip
+    return {"pid": w.pid, "rss_mib": round(rss_mib(w.pid), 1),
+            "data_mib": round(size_mib(w.data_dir), 1)}  # fmt: skip
 
 
 def _kill(d: Deployment, rng: random.Random) -> str:
@@ -160,15 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        layout = BrokerLayout(
-            home=REPO / "deploy" / "kafka",
-            state=Path(tempfile.mkdtemp(prefix="meter-endure-kafka-")),
-            port=free_port(),
-            controller_port=free_port(),
-        )
-        broker = LocalBroker(layout)
-        broker.start(timeout=120)
-        bootstrap = layout.bootstrap
+        broker = local_broker("meter-endure-kafka-")
+        bootstrap = broker.layout.bootstrap
     shutil.rmtree(args.keep, ignore_errors=True)
     args.keep.mkdir(parents=True)
     try:
