@@ -64,7 +64,6 @@ class KafkaLink:
         self.wall = wall
         self.up: bool | None = None
         """None until the first probe."""
-        self.brokers = 0
         self.cause = ""
         self.down_since: float | None = None
         self.down_since_wall = 0.0
@@ -78,7 +77,6 @@ class KafkaLink:
     # -- from the probe ------------------------------------------------------------------------
     def answered(self, brokers: int) -> None:
         with self._lock:
-            self.brokers = brokers
             if self.up is False and self.down_since is not None:
                 log.warning(
                     "Kafka at %s answers again after %.0fs unreachable (%d broker(s) listed; %d "

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from meter.adapters.backoff import KAFKA_RETRY
 from meter.adapters.kafka_security import aiokafka_args
 from meter.config import KafkaSecurity
 
@@ -82,7 +83,6 @@ async def first_offset(
 
 
 READ_ERRORS = (KafkaError, OSError, TimeoutError)
-MAX_BACKOFF_S = 30.0
 
 
 async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -95,7 +95,7 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             return await attempt()
         except READ_ERRORS as exc:
             failures += 1
-            delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures - 1, 8))
+            delay = KAFKA_RETRY.ceiling(failures - 1)
             if failures == 1 or failures % 10 == 0:
                 log.warning("%s failed (%s: %s); trying again in %.1fs (attempt %d)",
                             what, type(exc).__name__, exc, delay, failures)  # fmt: skip

@@ -34,6 +34,7 @@ from aiokafka.errors import (
 from aiokafka.structs import ConsumerRecord
 from faust.exceptions import ProducerSendError
 
+from meter.adapters.backoff import KAFKA_RETRY
 from meter.adapters.kafka_security import aiokafka_args
 from meter.adapters.sources import SourceTracker
 from meter.adapters.telemetry import Telemetry
@@ -170,8 +171,7 @@ class Router:
                 if time.monotonic() - started > HEALTHY_S:
                     failures = 0
                 failures += 1
-                delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 8))
-                delay *= 0.5 + random.random() / 2  # jitter: workers do not retry in step
+                delay = KAFKA_RETRY.delay(failures, random.random)  # jitter: not in step
                 level = logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG
                 log.log(level, "router: Kafka consumer failed (%s); a new one starts in %.1fs "
                         "(attempt %d); the batch in hand is routed again", _brief(exc), delay,
@@ -342,7 +342,6 @@ class Router:
 
 RECOVERABLE = (KafkaError, ProducerSendError, OSError, TimeoutError)
 """Failures of the Kafka clients: the router replaces its consumer and carries on."""
-MAX_BACKOFF_S = 30.0
 HEALTHY_S = 60.0
 """A consumer that worked this long before failing starts the backoff afresh."""
 STOP_TIMEOUT_S = 10.0

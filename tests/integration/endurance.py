@@ -25,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from bench.measure import rss_mib, size_mib
 from tests.harness.deployment import Deployment, write_policy
 from tests.harness.faults import SteadyProducer
@@ -41,7 +43,7 @@ def _lags(d: Deployment) -> tuple[int | None, int | None]:
     try:
         routed = sum(end - done for done, end in d.routed_offsets().values())
         return d.input_lag(), routed
-    except Exception:  # the groups may be rebalancing: no figure this time
+    except (KafkaError, OSError):  # the groups may be rebalancing: no figure this time
         return None, None
 
 

@@ -13,12 +13,12 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from meter.adapters.backoff import Backoff
 from meter.adapters.kafka_security import PLAINTEXT, aiokafka_args
 from meter.adapters.sinks.errors import PermanentError, RetryableError
 from meter.adapters.sinks.metrics import DELIVERED, REJECTED, RETRIED, SinkMetrics
@@ -42,29 +42,6 @@ class Sink(Protocol):
     name: str
 
     async def deliver(self, alert: AlertRecord) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay before retry `attempt` (0 for the first retry): `base_s * factor**attempt`, at most
-    `max_s`, minus up to `jitter` of it at random, so that failed deliveries spread out."""
-
-    base_s: float
-    max_s: float
-    factor: float = 2.0
-    jitter: float = 0.5
-
-    def ceiling(self, attempt: int) -> float:
-        return min(self.max_s, self.base_s * self.factor ** min(attempt, 64))
-
-    def delay(
-        self, attempt: int, rand: Callable[[], float], retry_after: float | None = None
-    ) -> float:
-        """The jittered delay; a receiver's `Retry-After` is honoured up to `max_s`."""
-        chosen = self.ceiling(attempt) * (1.0 - self.jitter * rand())
-        if retry_after is not None:
-            chosen = max(chosen, min(retry_after, self.max_s))
-        return chosen
 
 
 class _StopRequestedError(Exception):
@@ -344,3 +321,6 @@ async def read_alerts_since(
         return out
     finally:
         await consumer.stop()
+
+
+__all__ = ["Backoff", "DeliveryLoop", "Sink", "read_alerts_since"]

@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from meter.adapters.backoff import Backoff
 from meter.adapters.kafka_security import PLAINTEXT
 from meter.adapters.sinks.alertmanager import AlertmanagerSink
-from meter.adapters.sinks.delivery import Backoff, DeliveryLoop, Sink, read_alerts_since
+from meter.adapters.sinks.delivery import DeliveryLoop, Sink, read_alerts_since
 from meter.adapters.sinks.metrics import SinkMetrics
 from meter.adapters.sinks.settings import SinkSettings, is_enabled
 from meter.adapters.sinks.webhook import WebhookSink

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from meter.adapters.backoff import KAFKA_RETRY
 from meter.adapters.broker import wait_for_kafka
 from meter.adapters.kafka_security import aiokafka_args, kafka_python_args
 from meter.adapters.outages import KafkaLink, collapsed_client_noise, start_probe_thread
@@ -172,15 +173,15 @@ class StoreService:
         return self.totals
 
     def _kafka(self, what: str, call: Callable[[], T]) -> T | None:
-        """`call()`, tried again after a backoff (0.5 s doubling to 30 s) while the Kafka
-        client fails; None if the service is stopped meanwhile."""
+        """`call()`, tried again after a backoff (`KAFKA_RETRY`: 0.5 s doubling to 30 s) while
+        the Kafka client fails; None if the service is stopped meanwhile."""
         failures = 0
         while not self._stopping.is_set():
             try:
                 return call()
             except KafkaError as exc:
                 failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures - 1, 8))
+                delay = KAFKA_RETRY.ceiling(failures - 1)
                 if failures == 1 or failures % 10 == 0:
                     log.warning("store: %s failed (%s: %s); trying again in %.1fs (attempt %d)",
                                 what, type(exc).__name__, exc, delay, failures)  # fmt: skip

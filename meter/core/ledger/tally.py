@@ -363,13 +363,10 @@ class Tally:
         if self._marked(ctx, marker.key(day)):
             return
         budget_key = f"m|unknown_app_budget|{self.partition}|{day}"
-        found = self.state.get(budget_key)
-        raised = found.count if isinstance(found, DayMarker) else 0
+        raised = self._count(budget_key)
         if raised > self.unknown_app_alerts:
             return
-        self.state.put(budget_key, DayMarker(self.partition, day, [], raised + 1))
-        if raised == 0:
-            self.schedule.expire_at(self.horizons.forget_due(day + DAY_MS), budget_key)
+        self._count_one(budget_key, day, raised)
         if raised < self.unknown_app_alerts:
             self._raise(ctx, marker, ev)
         else:
@@ -390,23 +387,28 @@ class Tally:
         known = ctx.tracked.get(key)
         if known is not None:
             return known
-        state = self.state
-        tracked = state.get(key) is not None
+        tracked = self.state.get(key) is not None
         if not tracked:
             budget_key = f"m|unknown_app_tracking|{self.partition}|{month}"
-            found = state.get(budget_key)
-            n = found.count if isinstance(found, DayMarker) else 0
+            n = self._count(budget_key)
             if n < self.max_unknown_apps:
                 last_day = month_end - DAY_MS
-                state.put(budget_key, DayMarker(self.partition, last_day, [], n + 1))
-                state.put(key, DayMarker(self.partition, last_day, [], 1))
-                forget = self.horizons.forget_due(month_end)
-                if n == 0:
-                    self.schedule.expire_at(forget, budget_key)
-                self.schedule.expire_at(forget, key)
+                self._count_one(budget_key, last_day, n)
+                self._count_one(key, last_day, 0)
                 tracked = True
         ctx.tracked[key] = tracked
         return tracked
+
+    def _count(self, key: str) -> int:
+        """A count kept in the state (a `DayMarker` with `count`): 0 if there is none yet."""
+        found = self.state.get(key)
+        return found.count if isinstance(found, DayMarker) else 0
+
+    def _count_one(self, key: str, day: int, n: int) -> None:
+        """Count `key` from `n` to n + 1; the count is forgotten with day `day`."""
+        self.state.put(key, DayMarker(self.partition, day, [], n + 1))
+        if n == 0:
+            self.schedule.expire_at(self.horizons.forget_due(day + DAY_MS), key)
 
     def _marked(self, ctx: Context, key: str) -> bool:
         """Whether the marker `key` was raised already (by this record or before it); from now
