@@ -46,22 +46,33 @@ NOW = 1_700_000_000_000
 PER_RECORD = 1_000
 
 
+class _DictTable:
+    """What `TableStore` uses of a faust table: its local store, here a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+
+def _no_sender() -> Any:
+    raise RuntimeError("nothing is shipped to a changelog here")
+
+
 def _table() -> TableStore:
     """The worker's own store adapter over a dict instead of a faust table: the same keys and
     compact JSON values as bytes."""
-    return TableStore({})
+    return TableStore(_DictTable(), _no_sender)
 
 
 def _by_kind(store: TableStore, prefix: str) -> tuple[int, int]:
     """(keys, key + value bytes) of the keys starting with `prefix`."""
     wanted = prefix.encode()
-    sizes = [len(k) + len(v) for k, v in store.table.items() if k.startswith(wanted)]
+    sizes = [len(k) + len(v) for k, v in store.table.data.items() if k.startswith(wanted)]
     return len(sizes), sum(sizes)
 
 
 def _store_heap(store: TableStore) -> int:
     """The store's own Python objects (subtracted from the traced heap)."""
-    table = store.table
+    table = store.table.data
     return sys.getsizeof(table) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table.items())
 
 
@@ -78,6 +89,8 @@ def _heap(store: TableStore) -> int:
 def _acknowledge(ledger: PartitionLedger, outbox: list[Any]) -> None:
     ledger.acknowledge(outbox)
     ledger.flush()
+    assert isinstance(ledger.state.store, TableStore)
+    ledger.state.store.pending.clear()  # what the worker ships to the changelog after a flush
 
 
 def measure(orgs: int, ids: int) -> dict[str, float]:

@@ -4,23 +4,23 @@ topics it writes. faust's windowed tables are not used: window logic lives in th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 
-from meter.adapters.changelog import ChangelogTracker, LedgerTable, tracker_of
+from meter.adapters.changelog import ChangelogTracker, LedgerTable, TableStore, Write, tracker_of
 from meter.adapters.kafka_security import faust_args
 from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 EXIT_PIPELINE_FAILURE = 70
+CHANGELOG_BATCH_BYTES = 256 * 1024
 
 
 def die(stage: str, exc: BaseException) -> NoReturn:
@@ -51,6 +51,26 @@ class IdempotentProducer(AIOKafkaProducer):
         await super().flush()
         await tracker_of(self.app).wait()
 
+    async def send_records(
+        self, topic: str, partition: int, records: Sequence[Write]
+    ) -> list[tuple[Awaitable[Any], int]]:
+        """Queue `records` for `partition` of `topic` as record batches, in order; returns each
+        batch's acknowledgement and its number of records. One batch is one append on the
+        broker: no future, buffer entry or callback per record."""
+        producer = self._ensure_producer()
+        sent = []
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                count = batch.record_count()
+                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"changelog record of {len(value or b'')} bytes fits no batch")
+        count = batch.record_count()
+        sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+        return sent
+
 
 class MeterApp(faust.App):
     logger = logging.getLogger("faust.app")
@@ -61,31 +81,6 @@ class MeterApp(faust.App):
 
     def _new_producer(self) -> Any:
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
-
-
-class TableStore:
-    """The ledger's `Store` over a faust table (bytes keys, compact JSON values)."""
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, key: str) -> list[Any] | None:
-        raw = self.table.get(key.encode())
-        if raw is None:
-            return None
-        value: list[Any] = json.loads(raw)
-        return value
-
-    def put(self, key: str, value: list[Any]) -> None:
-        self.table[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
-
-    def delete(self, key: str) -> None:
-        self.table.pop(key.encode(), None)
-
-    def items(self) -> Iterator[tuple[str, list[Any]]]:
-        for key, raw in self.table.items():
-            if raw is not None:
-                yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(raw)
 
 
 @dataclass
@@ -116,6 +111,8 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
         broker_heartbeat_interval=s.heartbeat_interval_ms / 1000,
         producer_acks=-1,
         producer_max_request_size=1_048_576,
+        # Changelog batches (`meter.adapters.changelog`) hold up to this much of a flush each.
+        producer_max_batch_size=CHANGELOG_BATCH_BYTES,
         web_enabled=True,
         # Only /metrics, /healthz and /readyz: faust's own pages would show raw ledger state
         # (/table), the partition map (/router) and internals to anyone reaching the port.
@@ -156,4 +153,11 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
             value_type=bytes,
         )
     )
-    return App(app, topics, TableStore(table))
+
+    def changelog_sender() -> IdempotentProducer:
+        producer = app.producer
+        if not isinstance(producer, IdempotentProducer):
+            raise TypeError(f"{producer!r} cannot send changelog batches")
+        return producer
+
+    return App(app, topics, TableStore(table, changelog_sender))

@@ -138,6 +138,7 @@ class Counter:
         timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
         self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
         ledger.flush()
+        await self.app.store.ship(partition)
         if self.unsent.get(partition):
             await self._publish(partition, ledger)
 

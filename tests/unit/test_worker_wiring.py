@@ -173,6 +173,9 @@ class DictStore:
     def items(self) -> list[tuple[str, list[object]]]:
         return list(self.data.items())
 
+    async def ship(self, partition: int) -> None:
+        """No changelog here: the writes are already in the dict."""
+
 
 class CommitLog:
     """faust's consumer as the worker's commits see it: an assignment, and what was committed."""
