@@ -168,10 +168,13 @@ class TableStore:
             elif (exc := fut.exception()) is not None:
                 done.set_exception(exc)
             else:
-                # As faust does per record: the local store knows how far the changelog holds
-                # it, so a restart with these files reads the changelog only from there.
                 last = fut.result()[-1].offset + last_count - 1
-                self.table.data.set_persisted_offset(TP(topic, partition), last)
+                self.persisted(TP(topic, partition), last)
                 done.set_result(None)
 
         acks.add_done_callback(acknowledged)
+
+    def persisted(self, tp: TP, offset: int) -> None:
+        """The changelog holds everything up to `offset`. As faust does per record: the local
+        store remembers it, so a restart with these files reads the changelog only from there."""
+        self.table.data.set_persisted_offset(tp, offset)
