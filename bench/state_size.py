@@ -35,7 +35,7 @@ from typing import Any
 
 from bench.sections import markers, write_section
 from bench.subjects import many_orgs, write_policy
-from meter.adapters.app import TableStore
+from meter.adapters.changelog import PartitionStore, TableStore
 from meter.adapters.policy_file import read_policy
 from meter.core.durations import DAY_MS
 from meter.core.events import ApiCall
@@ -57,22 +57,22 @@ def _no_sender() -> Any:
     raise RuntimeError("nothing is shipped to a changelog here")
 
 
-def _table() -> TableStore:
+def _table() -> PartitionStore:
     """The worker's own store adapter over a dict instead of a faust table: the same keys and
     compact JSON values as bytes."""
-    return TableStore(_DictTable(), _no_sender)
+    return TableStore(_DictTable(), _no_sender).partition(0)
 
 
-def _by_kind(store: TableStore, prefix: str) -> tuple[int, int]:
+def _by_kind(store: PartitionStore, prefix: str) -> tuple[int, int]:
     """(keys, key + value bytes) of the keys starting with `prefix`."""
     wanted = prefix.encode()
-    sizes = [len(k) + len(v) for k, v in store.table.data.items() if k.startswith(wanted)]
+    sizes = [len(k) + len(v) for k, v in store.table.table.data.items() if k.startswith(wanted)]
     return len(sizes), sum(sizes)
 
 
-def _store_heap(store: TableStore) -> int:
+def _store_heap(store: PartitionStore) -> int:
     """The store's own Python objects (subtracted from the traced heap)."""
-    table = store.table.data
+    table = store.table.table.data
     return sys.getsizeof(table) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table.items())
 
 
@@ -81,7 +81,7 @@ def _records(events: list[ApiCall]) -> Iterator[list[ApiCall]]:
         yield events[i : i + PER_RECORD]
 
 
-def _heap(store: TableStore) -> int:
+def _heap(store: PartitionStore) -> int:
     gc.collect()
     return tracemalloc.get_traced_memory()[0] - _store_heap(store)
 
@@ -89,8 +89,8 @@ def _heap(store: TableStore) -> int:
 def _acknowledge(ledger: PartitionLedger, outbox: list[Any]) -> None:
     ledger.acknowledge(outbox)
     ledger.flush()
-    assert isinstance(ledger.state.store, TableStore)
-    ledger.state.store.pending.clear()  # what the worker ships to the changelog after a flush
+    assert isinstance(ledger.state.store, PartitionStore)
+    ledger.state.store.take()  # as the worker does after a flush (then ships them)
 
 
 def measure(orgs: int, ids: int) -> dict[str, float]:

@@ -1,12 +1,13 @@
 """The ledger table's changelog, written one record batch per ledger flush, and tracked until
 Kafka acknowledges it.
 
-A ledger flush writes its keys to the table's local store (RocksDB) at once, and then all of them
-to the changelog in order, as Kafka record batches built here (`TableStore.ship`), not one send
-per key through faust's producer buffer: a flush of many subjects writes thousands of keys, and
-faust's per-key path (a future, a queued message, a task switch and an acknowledgement callback
-each) cost several times what counting them did. The changelog holds the same records faust
-writes itself (key, value, partition), so faust restores the table from it unchanged.
+After each ledger flush the counter ships what it wrote (`PartitionStore.ship`): to the table's
+local store (the partition's RocksDB) in one write batch, then to the changelog in order, as Kafka
+record batches built here, not one send per key through faust's producer buffer. A flush of many
+subjects writes thousands of keys, and faust's per-key path (a future, a buffered message, a task
+switch and an acknowledgement callback each, and a RocksDB write) cost several times what
+counting them did. The changelog holds the same records faust writes itself (key, value,
+partition), so faust restores the table from it unchanged.
 
 "Flush before commit" and "flush before publish" are made true here: `ChangelogTracker.wait`
 returns only once every changelog write queued so far is acknowledged, and a write Kafka refuses
@@ -18,13 +19,13 @@ next start (`meter.adapters.state_dir`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import faust
 import msgspec
+import rocksdict
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -108,51 +109,111 @@ _decode = msgspec.json.Decoder(list[Any]).decode
 
 
 class TableStore:
-    """The ledger's `Store` over a faust table: bytes keys, compact JSON values.
-
-    Writes go to the table's local store at once (reads see them) and are kept in order until
-    `ship` sends them to the changelog, so they must be shipped after every ledger flush, from
-    the routed record being counted (faust's stores pick the partition from the current event).
-    """
+    """The ledger table (a faust table); `partition(p)` is the `Store` of partition p's ledger."""
 
     def __init__(self, table: Any, sender: Callable[[], BatchSender]) -> None:
         self.table = table
         self.sender = sender
+
+    def partition(self, partition: int) -> PartitionStore:
+        return PartitionStore(self, partition)
+
+
+class PartitionStore:
+    """One partition's ledger state: bytes keys, compact JSON values, in the table's local store
+    (RocksDB, or faust's in-memory store) and its changelog.
+
+    Writes are kept in order until `ship`, which writes them to the local store in one batch and
+    then to the changelog; reads see them meanwhile. The ledger flushes, then the counter ships.
+    """
+
+    def __init__(self, table: TableStore, partition: int) -> None:
+        self.table = table
+        self.partition = partition
         self.pending: list[Write] = []
+        self.unshipped: dict[bytes, bytes | None] = {}
+
+    def _db(self) -> Any | None:
+        """The partition's RocksDB (faust's rocksdb store opens one per partition), or None
+        for the in-memory store. Looked up each time: faust closes it when the partition goes."""
+        open_db = getattr(self.table.table.data, "_db_for_partition", None)
+        return None if open_db is None else open_db(self.partition)
 
     def get(self, key: str) -> list[Any] | None:
-        raw = self.table.data.get(key.encode())
+        k = key.encode()
+        if k in self.unshipped:
+            raw = self.unshipped[k]
+        else:
+            db = self._db()
+            raw = self.table.table.data.get(k) if db is None else db.get(k)
         return None if raw is None else _decode(raw)
 
     def put(self, key: str, value: list[Any]) -> None:
         k, v = key.encode(), _encode(value)
-        self.table.data[k] = v
         self.pending.append((k, v))
+        self.unshipped[k] = v
 
     def delete(self, key: str) -> None:
         k = key.encode()
-        with contextlib.suppress(KeyError):
-            del self.table.data[k]
         self.pending.append((k, None))
+        self.unshipped[k] = None
 
     def items(self) -> Iterator[tuple[str, list[Any]]]:
-        for key, raw in self.table.data.items():
+        """Everything the local store holds for this partition (after a restore, what the
+        changelog holds)."""
+        data = self.table.table.data
+        db = self._db()
+        if db is None:
+            found = data.items()
+        else:
+            offset_key = data.offset_key  # faust's own bookkeeping, in the same database
+            found = ((k, v) for k, v in db.items() if k != offset_key)
+        for key, raw in found:
             if raw is not None:
                 yield (key.decode() if isinstance(key, bytes) else str(key)), _decode(raw)
 
-    async def ship(self, partition: int) -> None:
-        """Send the writes since the last `ship` to the changelog's `partition`, in order (one
-        record batch per ~256 KiB). The tracker holds them from before the first await: a worker
-        stopped halfway never calls its local files complete, and nothing commits past them."""
+    def take(self) -> list[Write]:
+        """Write the changes since the last call to the local store; returns them, in order,
+        for the changelog."""
         writes, self.pending = self.pending, []
-        if not writes:
+        self._write_local(writes)
+        self.unshipped.clear()
+        return writes
+
+    def _write_local(self, writes: list[Write]) -> None:
+        db = self._db()
+        if db is None:
+            data = self.table.table.data
+            for k, v in writes:
+                if v is None:
+                    data.pop(k, None)
+                else:
+                    data[k] = v
             return
-        tracker = tracker_of(self.table.app)
+        batch = rocksdict.WriteBatch(raw_mode=True)  # as faust applies changelog batches
+        for k, v in writes:
+            if v is None:
+                batch.delete(k)
+            else:
+                batch.put(k, v)
+        db.write(batch)
+
+    async def ship(self) -> None:
+        """Write the changes since the last `ship` to the local store, then send them to the
+        changelog's partition in order (a Kafka record batch per ~256 KiB). The tracker holds
+        them from before the first await: a worker stopped halfway never calls its local files
+        complete, and nothing commits past them."""
+        if not self.pending:
+            return
+        table = self.table.table
+        tracker = tracker_of(table.app)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         tracker.track(done)
-        topic = self.table.changelog_topic.get_topic_name()
+        writes = self.take()
+        topic = table.changelog_topic.get_topic_name()
+        partition = self.partition
         try:
-            sent = await self.sender().send_records(topic, partition, writes)
+            sent = await self.table.sender().send_records(topic, partition, writes)
         except asyncio.CancelledError:
             done.cancel()
             raise
@@ -177,4 +238,4 @@ class TableStore:
     def persisted(self, tp: TP, offset: int) -> None:
         """The changelog holds everything up to `offset`. As faust does per record: the local
         store remembers it, so a restart with these files reads the changelog only from there."""
-        self.table.data.set_persisted_offset(tp, offset)
+        self.table.table.data.set_persisted_offset(tp, offset)

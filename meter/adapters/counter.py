@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from meter.adapters.app import App
-from meter.adapters.changelog import tracker_of
+from meter.adapters.changelog import PartitionStore, tracker_of
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import first_offset, read_range
 from meter.adapters.routed_offsets import RoutedOffsets
@@ -64,6 +64,8 @@ class Counter:
             max_unknown_apps=settings.max_unknown_apps,
         )
         self.ledgers: dict[int, PartitionLedger] = {}
+        self.stores: dict[int, PartitionStore] = {}
+        """Each ledger's store: what its flushes wrote is shipped to the changelog from here."""
         self.unsent: dict[int, list[Pending]] = {}
         self.revocations: dict[int, int] = {}
         """Per partition, how many times it was revoked: a count that moved while a record
@@ -94,6 +96,7 @@ class Counter:
         gone = list(partitions)
         for p in gone:
             self.ledgers.pop(p, None)
+            self.stores.pop(p, None)
             self.unsent.pop(p, None)
             self.revocations[p] = self.revocations.get(p, 0) + 1
         self.offsets.forget(gone)
@@ -117,7 +120,7 @@ class Counter:
         ledger = self.ledgers.get(partition)
         expected: int | None
         if ledger is None:
-            ledger, expected = await self._bootstrap(partition)
+            ledger, store, expected = await self._bootstrap(partition)
             if self.revocations.get(partition, 0) != epoch:
                 # Revoked while the ledger was built (a rebalance during a Kafka outage): its
                 # state may already change elsewhere. Not kept, the record not applied: the
@@ -127,6 +130,7 @@ class Counter:
                 self.unsent.pop(partition, None)  # its new owner reconciles the outbox
                 return
             self.ledgers[partition] = ledger
+            self.stores[partition] = store
         else:
             expected = ledger.next_offset()
         if expected is not None and msg.offset > expected:
@@ -138,7 +142,7 @@ class Counter:
         timestamp_ms = int(msg.timestamp * 1000) if msg.timestamp else None
         self._apply(ledger, msg.offset, msg.value or TICK, timestamp_ms, now_ms)
         ledger.flush()
-        await self.app.store.ship(partition)
+        await self.stores[partition].ship()
         if self.unsent.get(partition):
             await self._publish(partition, ledger)
 
@@ -205,9 +209,10 @@ class Counter:
                 end - 1,
             )
 
-    async def _bootstrap(self, partition: int) -> tuple[PartitionLedger, int]:
-        """The partition's ledger rebuilt from the table, and the routed offset it expects."""
-        store = self.app.store
+    async def _bootstrap(self, partition: int) -> tuple[PartitionLedger, PartitionStore, int]:
+        """The partition's ledger rebuilt from the table, its store, and the routed offset it
+        expects."""
+        store = self.app.store.partition(partition)
         ledger = PartitionLedger(partition, self.policy, self.ledger_settings, store)
         pending = ledger.bootstrap(store.items())
         if pending:
@@ -227,7 +232,7 @@ class Counter:
                 self.bootstrap, self.settings.routed_topic, partition,
                 security=self.settings.kafka_security,
             )  # fmt: skip
-        return ledger, expected
+        return ledger, store, expected
 
     # -- publishing ----------------------------------------------------------------------------
     async def _published_ids(self, partition: int, pending: list[Pending]) -> set[str]:

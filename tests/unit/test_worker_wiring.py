@@ -173,7 +173,10 @@ class DictStore:
     def items(self) -> list[tuple[str, list[object]]]:
         return list(self.data.items())
 
-    async def ship(self, partition: int) -> None:
+    def partition(self, partition: int) -> DictStore:
+        return self
+
+    async def ship(self) -> None:
         """No changelog here: the writes are already in the dict."""
 
 
@@ -231,12 +234,13 @@ def test_the_routed_offset_committed_is_what_the_ledger_applied_whatever_faust_d
         reads.append((start, end))
         return [(o, TICK, 0) for o in range(start, end)]
 
-    restored = PartitionLedger(0, policy, LedgerSettings(), DictStore())
+    store = DictStore()
+    restored = PartitionLedger(0, policy, LedgerSettings(), store)
     restored.durable_offset = restored.meta.last_offset = 50
 
-    async def bootstrap(partition: int) -> tuple[PartitionLedger, int | None]:
+    async def bootstrap(partition: int) -> tuple[PartitionLedger, DictStore, int | None]:
         worker.counter.ledgers[partition] = restored
-        return restored, restored.next_offset()
+        return restored, store, restored.next_offset()
 
     monkeypatch.setattr("meter.adapters.counter.read_range", read_range)
     monkeypatch.setattr(worker.counter, "_bootstrap", bootstrap)
