@@ -21,7 +21,7 @@ from typing import Any
 from faust.types import TP
 
 from meter.adapters.app import IdempotentProducer
-from meter.adapters.changelog import TableStore
+from meter.adapters.changelog import PartitionStore
 from meter.cli import main
 
 SEND_DELAY_S = 0.002
@@ -30,7 +30,7 @@ STALL_S = 0.15
 PERSIST_LAG = 50
 
 _send_records = IdempotentProducer.send_records
-_persisted = TableStore.persisted
+_persisted = PartitionStore.persisted
 _acks: collections.deque[tuple[TP, int]] = collections.deque()
 _sent = [0]
 
@@ -41,14 +41,14 @@ async def _slow_send_records(self: IdempotentProducer, *args: Any) -> Any:
     return await _send_records(self, *args)
 
 
-def _lagging_persisted_offset(self: TableStore, tp: TP, offset: int) -> None:
+def _lagging_persisted_offset(self: PartitionStore, tp: TP, offset: int) -> None:
     _acks.append((tp, offset))
     if len(_acks) > PERSIST_LAG:
         _persisted(self, *_acks.popleft())
 
 
 IdempotentProducer.send_records = _slow_send_records  # type: ignore[method-assign]
-TableStore.persisted = _lagging_persisted_offset  # type: ignore[method-assign]
+PartitionStore.persisted = _lagging_persisted_offset  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main())
