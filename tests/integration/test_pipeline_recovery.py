@@ -61,9 +61,16 @@ def test_sigkill_mid_stream_and_restart_counts_exactly_once(
 def test_sigkill_while_rocksdb_is_ahead_of_the_changelog_then_restart_with_its_data_dir(
     deployments: Callable[..., Deployment],
 ) -> None:
-    """The state that lost counts, made certain: the worker runs with faust's changelog held
-    back (`slow_changelog`), so at the SIGKILL its RocksDB holds writes the changelog never got
-    and its persisted offset is behind the changelog's end. The restart reuses the data dir."""
+    """The state that lost counts, made certain: the worker runs with its changelog held back
+    (`slow_changelog`), so at the SIGKILL its RocksDB holds writes the changelog never got and
+    its persisted offset is behind the changelog's end. The restart reuses the data dir.
+
+    With faust's per-key changelog this lost counts unless the local files were discarded after
+    an unclean exit (`meter.adapters.state_dir`). Since a flush is shipped whole (RocksDB, then
+    the changelog, `meter.adapters.changelog`), a restart over such files no longer reverts some
+    keys and not others: this test passed 2 of 2 runs with that guard disabled on purpose. The
+    guard stays (keys only RocksDB got would be missing from a later changelog-only restore) and
+    is unit-tested in test_state_dir; this test keeps the restart over such files exact."""
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     rng = random.Random(seed)
