@@ -25,14 +25,16 @@ from tests.harness.recovery import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-@pytest.mark.parametrize("data_dir", ["same-data-dir", "new-data-dir"])
+@pytest.mark.parametrize("data_dir", ["same-data-dir", "new-data-dir", "memory-store"])
 def test_sigkill_mid_stream_and_restart_counts_exactly_once(
     deployments: Callable[..., Deployment], data_dir: str
 ) -> None:
+    """`memory-store`: `--store memory` (no local files: every start restores the changelog)."""
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    d = deployments(POLICY, partitions=4)
+    memory = ("--store", "memory") if data_dir == "memory-store" else ()
+    d = deployments(POLICY, partitions=4, extra=memory)
     batches = stream(rng)
     sent = [ev for b in batches for ev in b]
     worker = d.start_worker(label="first")
