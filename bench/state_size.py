@@ -3,10 +3,10 @@
     .venv/bin/python -m bench.state_size [--orgs 2000] [--ids 100000] [--out BENCHMARKS.md]
 
 The worker keeps its state in a faust table: each key's value is compact JSON (as
-`meter.adapters.app` writes it) in RocksDB and in the changelog topic, and the windows that are
-still open, plus the indexes of what expires when, live in the worker's Python heap. This drives
-`PartitionLedger` itself through the worker's own store adapter (`TableStore`) over a dict, and
-reports:
+`meter.adapters.changelog` writes it) in RocksDB and in the changelog topic, and the windows that
+are still open, plus the indexes of what expires when, live in the worker's Python heap. This
+drives `PartitionLedger` itself through the worker's own store adapter (`PartitionStore`) over a
+dict, and reports:
 
 - **store bytes** per key kind: key plus value, what RocksDB and the changelog hold per entry
   (before their own overhead and compression);
