@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducer
 
-from meter.adapters.changelog import ChangelogTracker, LedgerTable, TableStore, Write, tracker_of
+from meter.adapters.changelog import (
+    BatchSender,
+    ChangelogTracker,
+    LedgerTable,
+    Outgoing,
+    TableStore,
+    tracker_of,
+)
 from meter.adapters.kafka_security import faust_args
 from meter.worker_settings import WorkerSettings
 
@@ -52,7 +59,7 @@ class IdempotentProducer(AIOKafkaProducer):
         await tracker_of(self.app).wait()
 
     async def send_records(
-        self, topic: str, partition: int, records: Sequence[Write]
+        self, topic: str, partition: int, records: Sequence[Outgoing]
     ) -> list[tuple[Awaitable[Any], int]]:
         """Queue `records` for `partition` of `topic` as record batches, in order; returns each
         batch's acknowledgement and its number of records. One batch is one append on the
@@ -60,13 +67,13 @@ class IdempotentProducer(AIOKafkaProducer):
         producer = self._ensure_producer()
         sent = []
         batch = producer.create_batch()
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
+        for key, value, timestamp, headers in records:
+            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
                 count = batch.record_count()
                 sent.append((await producer.send_batch(batch, topic, partition=partition), count))
                 batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"changelog record of {len(value or b'')} bytes fits no batch")
+                if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
+                    raise ValueError(f"a record of {len(value or b'')} bytes fits no batch")
         count = batch.record_count()
         sent.append((await producer.send_batch(batch, topic, partition=partition), count))
         return sent
@@ -90,6 +97,8 @@ class App:
     faust: MeterApp
     topics: dict[str, Any]
     store: TableStore
+    sender: Callable[[], BatchSender]
+    """The producer, for records sent as record batches (`IdempotentProducer.send_records`)."""
 
     def topic(self, name: str) -> Any:
         return self.topics[name]
@@ -154,10 +163,10 @@ def build_app(settings: WorkerSettings, bootstrap: str) -> App:
         )
     )
 
-    def changelog_sender() -> IdempotentProducer:
+    def batch_sender() -> IdempotentProducer:
         producer = app.producer
         if not isinstance(producer, IdempotentProducer):
-            raise TypeError(f"{producer!r} cannot send changelog batches")
+            raise TypeError(f"{producer!r} cannot send record batches")
         return producer
 
-    return App(app, topics, TableStore(table, changelog_sender))
+    return App(app, topics, TableStore(table, batch_sender), batch_sender)

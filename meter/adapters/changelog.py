@@ -95,12 +95,19 @@ class LedgerTable(faust.Table[bytes, bytes]):
 Write = tuple[bytes, bytes | None]
 """A changelog record: key, and value (None deletes the key)."""
 
+Outgoing = tuple[bytes | None, bytes | None, int | None, list[tuple[str, bytes]]]
+"""A record to produce: key, value, timestamp (epoch ms; None: now) and headers (a list: the
+record batch builder takes nothing else)."""
+
+_NO_HEADERS: list[tuple[str, bytes]] = []  # shared, never changed
+
 
 class BatchSender(Protocol):
-    """What ships changelog batches (`meter.adapters.app.IdempotentProducer`)."""
+    """What produces records as Kafka record batches (`meter.adapters.app.IdempotentProducer`):
+    the changelog's, and the counter's outputs."""
 
     async def send_records(
-        self, topic: str, partition: int, records: Sequence[Write]
+        self, topic: str, partition: int, records: Sequence[Outgoing]
     ) -> list[tuple[Awaitable[Any], int]]: ...
 
 
@@ -213,7 +220,8 @@ class PartitionStore:
         topic = table.changelog_topic.get_topic_name()
         partition = self.partition
         try:
-            sent = await self.table.sender().send_records(topic, partition, writes)
+            records = [(k, v, None, _NO_HEADERS) for k, v in writes]
+            sent = await self.table.sender().send_records(topic, partition, records)
         except asyncio.CancelledError:
             done.cancel()
             raise

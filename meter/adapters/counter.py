@@ -17,11 +17,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from meter.adapters.app import App
-from meter.adapters.changelog import PartitionStore, tracker_of
+from meter.adapters.changelog import Outgoing, PartitionStore, tracker_of
 from meter.adapters.outbox import ID_HEADER, already_published
 from meter.adapters.partition_reads import first_offset, read_range
 from meter.adapters.routed_offsets import RoutedOffsets
@@ -280,28 +280,23 @@ class Counter:
         # changelog records are waited for (each until Kafka acknowledged it), not everything the
         # producer holds: the router's routed records would add their latency to every alert.
         await tracker_of(self.app.faust).wait_queued()
-        futures = []
+        # Records sent as batches per output partition, in the outbox's order within each.
+        groups: dict[tuple[str, int], list[Pending]] = {}
         for p in batch:
             name = self._topic_name(p.record.kind)
-            headers = [(ID_HEADER, p.record.id.encode())]
-            headers += [(k, v.encode()) for k, v in p.record.headers]
-            value = (
-                None if p.record.tombstone else json.dumps(p.record.value, separators=(",", ":"))
-            )
-            futures.append(
-                await self.app.topic(name).send(
-                    key=p.record.key.encode(),
-                    value=None if value is None else value.encode(),
-                    partition=self._out_partition(name, partition),
-                    timestamp=p.record.ts_ms / 1000,
-                    headers=headers,
-                )
-            )
-        results = await asyncio.gather(*futures, return_exceptions=True)
+            groups.setdefault((name, self._out_partition(name, partition)), []).append(p)
+        sender = self.app.sender()
+        acks: list[tuple[Awaitable[Any], list[Pending]]] = []
+        for (name, part), items in groups.items():
+            start = 0
+            for ack, n in await sender.send_records(name, part, [_outgoing(p) for p in items]):
+                acks.append((ack, items[start : start + n]))
+                start += n
+        results = await asyncio.gather(*(ack for ack, _ in acks), return_exceptions=True)
         sent: list[Pending] = []
         failed: list[Pending] = []
-        for p, result in zip(batch, results, strict=True):
-            (failed if isinstance(result, BaseException) else sent).append(p)
+        for (_, items), result in zip(acks, results, strict=True):
+            (failed if isinstance(result, BaseException) else sent).extend(items)
         if failed:
             log.error(
                 "partition %d: %d output record(s) not sent; will retry", partition, len(failed)
@@ -309,3 +304,12 @@ class Counter:
             self.unsent[partition] = failed
         ledger.acknowledge(sent)
         self.telemetry.published(sent)
+
+
+def _outgoing(p: Pending) -> Outgoing:
+    """An output record as produced: its id and the record's own headers, its time."""
+    record = p.record
+    headers = [(ID_HEADER, record.id.encode())]
+    headers += [(k, v.encode()) for k, v in record.headers]
+    value = None if record.tombstone else json.dumps(record.value, separators=(",", ":")).encode()
+    return record.key.encode(), value, record.ts_ms, headers

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import rocksdict
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import RecordMetadata
 from faust.types import TP
 
 from meter.adapters.app import IdempotentProducer
-from meter.adapters.changelog import ChangelogTracker, TableStore, Write
+from meter.adapters.changelog import ChangelogTracker, Outgoing, TableStore, Write
 
 OFFSET_KEY = b"__faust\x00offset__"
 
@@ -66,11 +67,11 @@ class Sender:
         self.acks: list[asyncio.Future[RecordMetadata]] = []
 
     async def send_records(
-        self, topic: str, partition: int, records: Sequence[Write]
+        self, topic: str, partition: int, records: Sequence[Outgoing]
     ) -> list[tuple[Awaitable[Any], int]]:
         out: list[tuple[Awaitable[Any], int]] = []
         for i in range(0, len(records), self.per_batch):
-            chunk = list(records[i : i + self.per_batch])
+            chunk: list[Write] = [(k, v) for k, v, _, _ in records[i : i + self.per_batch]]
             self.batches.append(chunk)
             ack: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
             self.acks.append(ack)
@@ -178,8 +179,9 @@ def test_records_are_cut_into_batches_of_the_producers_size_in_order() -> None:
     fake = FakeAioProducer(batch_size=1024)
     producer = IdempotentProducer.__new__(IdempotentProducer)
     producer._ensure_producer = lambda: fake  # type: ignore[method-assign]
-    records: list[Write] = [(f"k{i:03d}".encode(), b"v" * 100) for i in range(30)]
-    records.append((b"gone", None))
+    records: list[Outgoing] = [(f"k{i:03d}".encode(), b"v" * 100, None, []) for i in range(30)]
+    records.append((b"gone", None, None, []))
+    records.append((b"alert", b"{}", 1_700_000_000_000, [("meter-id", b"a1")]))
 
     sent = asyncio.run(producer.send_records("cl", 5, records))
 
@@ -189,3 +191,7 @@ def test_records_are_cut_into_batches_of_the_producers_size_in_order() -> None:
     assert all(topic == "cl" and p == 5 for topic, p, _ in fake.sent)
     assert [b.record_count() for _, _, b in fake.sent] == counts
     assert all(b.size() <= 1024 for _, _, b in fake.sent)
+    # The last record keeps its own timestamp and headers.
+    last = list(DefaultRecordBatch(bytearray(fake.sent[-1][2]._build())))[-1]
+    assert last.timestamp == 1_700_000_000_000
+    assert last.headers == [("meter-id", b"a1")]
