@@ -33,7 +33,8 @@ from meter.adapters.wire import (
 from meter.adapters.worker import MeterWorker
 from meter.config import KafkaSecurity
 from meter.core.events import ApiCall, Rejection
-from meter.core.ledger import LedgerSettings, PartitionLedger
+from meter.core.ledger import LedgerSettings, PartitionLedger, Pending
+from meter.core.outputs import ALERTS, WINDOWS, Outbound
 from meter.worker_settings import WorkerSettings
 
 EXAMPLE = Path(__file__).parents[2] / "meter" / "examples" / "demo-2022.yaml"
@@ -449,3 +450,55 @@ def test_a_router_reports_its_progress_before_its_partitions_move(tmp_path: Path
     reports = [decode_routed(kw["value"]) for topic, kw in sent if topic == settings.routed_topic]  # type: ignore[arg-type]
     assert len(reports) == settings.partitions  # one to every routed partition
     assert all(isinstance(r, Report) and r.sources[1][0] == now - 5_000 for r in reports)
+
+
+def test_outputs_go_out_as_batches_per_partition_and_a_refused_batch_is_retried_alone(
+    tmp_path: Path,
+) -> None:
+    """The counter publishes an outbox as record batches per output topic and partition, each
+    record with its id header and time; a batch Kafka refuses stays unsent, the others are
+    acknowledged."""
+    worker = worker_for(
+        WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path, partitions=4)
+    )
+    counter = worker.counter
+    counter.out_partitions.update(
+        {worker.settings.alerts_topic: 2, worker.settings.windows_topic: 4}
+    )
+    policy = read_policy(EXAMPLE)
+    ledger = PartitionLedger(3, policy, LedgerSettings(), DictStore())
+
+    def pending(kind: str, n: int) -> Pending:
+        value = {"n": n, "kind": "cap", "severity": "warning", "revision": 0}
+        record = Outbound(kind, f"{kind}-{n}", f"k{n}", value, 1_700_000_000_000 + n,
+                          headers=(("h", "v"),))  # fmt: skip
+        return Pending(f"s|{n}", record)
+
+    batch = [pending(ALERTS, 1), pending(WINDOWS, 2), pending(ALERTS, 3), pending(WINDOWS, 4)]
+    calls: list[tuple[str, int, list[object]]] = []
+
+    class Sender:
+        async def send_records(self, topic: str, partition: int, records: list[object]) -> object:
+            calls.append((topic, partition, records))
+            ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if topic == worker.settings.windows_topic:
+                ack.set_exception(RuntimeError("refused"))
+            else:
+                ack.set_result(None)
+            return [(ack, len(records))]
+
+    counter.app.sender = Sender  # type: ignore[assignment]
+    acknowledged: list[list[Pending]] = []
+    ledger.acknowledge = acknowledged.append  # type: ignore[method-assign]
+    asyncio.run(counter._send_batch(3, ledger, batch))
+
+    assert [(t, p, [r[0] for r in rs]) for t, p, rs in calls] == [  # type: ignore[index]
+        (worker.settings.alerts_topic, 1, [b"k1", b"k3"]),  # partition 3 mod 2
+        (worker.settings.windows_topic, 3, [b"k2", b"k4"]),
+    ]
+    _, value, ts, headers = calls[0][2][0]  # type: ignore[misc]
+    assert json.loads(value) == {"n": 1, "kind": "cap", "severity": "warning", "revision": 0}
+    assert ts == 1_700_000_000_001
+    assert headers == [("meter-id", b"alerts-1"), ("h", b"v")]
+    assert acknowledged == [[batch[0], batch[2]]]
+    assert counter.unsent[3] == [batch[1], batch[3]]
