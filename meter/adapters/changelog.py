@@ -130,45 +130,50 @@ class PartitionStore:
     """One partition's ledger state: bytes keys, compact JSON values, in the table's local store
     (RocksDB, or faust's in-memory store) and its changelog.
 
-    Writes are kept in order until `ship`, which writes them to the local store in one batch and
-    then to the changelog; reads see them meanwhile. The ledger flushes, then the counter ships.
+    Writes are kept until `ship`, which writes them to the local store in one batch and then to
+    the changelog, in the order of each key's last write; reads see them meanwhile. The ledger
+    flushes, then the counter ships.
     """
 
     def __init__(self, table: TableStore, partition: int) -> None:
         self.table = table
         self.partition = partition
-        self.pending: list[Write] = []
-        self.unshipped: dict[bytes, bytes | None] = {}
+        self.data = table.table.data
+        """faust's store of the table (created by now: the ledger is built while counting)."""
+        self._open_db = getattr(self.data, "_db_for_partition", None)
+        self.pending: dict[bytes, bytes | None] = {}
+        """Writes not shipped yet (None deletes), in the order of each key's last write."""
 
     def _db(self) -> Any | None:
         """The partition's RocksDB (faust's rocksdb store opens one per partition), or None
         for the in-memory store. Looked up each time: faust closes it when the partition goes."""
-        open_db = getattr(self.table.table.data, "_db_for_partition", None)
-        return None if open_db is None else open_db(self.partition)
+        return None if self._open_db is None else self._open_db(self.partition)
 
     def get(self, key: str) -> list[Any] | None:
         k = key.encode()
-        if k in self.unshipped:
-            raw = self.unshipped[k]
+        pending = self.pending
+        if k in pending:
+            raw = pending[k]
         else:
             db = self._db()
-            raw = self.table.table.data.get(k) if db is None else db.get(k)
+            raw = self.data.get(k) if db is None else db.get(k)
         return None if raw is None else _decode(raw)
 
     def put(self, key: str, value: list[Any]) -> None:
-        k, v = key.encode(), _encode(value)
-        self.pending.append((k, v))
-        self.unshipped[k] = v
+        self._write(key.encode(), _encode(value))
 
     def delete(self, key: str) -> None:
-        k = key.encode()
-        self.pending.append((k, None))
-        self.unshipped[k] = None
+        self._write(key.encode(), None)
+
+    def _write(self, k: bytes, v: bytes | None) -> None:
+        pending = self.pending
+        pending.pop(k, None)  # a key written again goes where its last write is
+        pending[k] = v
 
     def items(self) -> Iterator[tuple[str, list[Any]]]:
         """Everything the local store holds for this partition (after a restore, what the
         changelog holds)."""
-        data = self.table.table.data
+        data = self.data
         db = self._db()
         if db is None:
             found = data.items()
@@ -182,21 +187,17 @@ class PartitionStore:
     def take(self) -> list[Write]:
         """Write the changes since the last call to the local store; returns them, in order,
         for the changelog."""
-        writes, self.pending = self.pending, []
-        self._write_local(writes)
-        self.unshipped.clear()
-        return writes
-
-    def _write_local(self, writes: list[Write]) -> None:
+        writes = list(self.pending.items())
+        self.pending.clear()
         db = self._db()
         if db is None:
-            data = self.table.table.data
+            data = self.data
             for k, v in writes:
                 if v is None:
                     data.pop(k, None)
                 else:
                     data[k] = v
-            return
+            return writes
         batch = rocksdict.WriteBatch(raw_mode=True)  # as faust applies changelog batches
         for k, v in writes:
             if v is None:
@@ -204,6 +205,7 @@ class PartitionStore:
             else:
                 batch.put(k, v)
         db.write(batch)
+        return writes
 
     async def ship(self) -> None:
         """Write the changes since the last `ship` to the local store, then send them to the
@@ -246,4 +248,4 @@ class PartitionStore:
     def persisted(self, tp: TP, offset: int) -> None:
         """The changelog holds everything up to `offset`. As faust does per record: the local
         store remembers it, so a restart with these files reads the changelog only from there."""
-        self.table.table.data.set_persisted_offset(tp, offset)
+        self.data.set_persisted_offset(tp, offset)

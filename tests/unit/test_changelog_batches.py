@@ -195,3 +195,22 @@ def test_records_are_cut_into_batches_of_the_producers_size_in_order() -> None:
     last = list(DefaultRecordBatch(bytearray(fake.sent[-1][2]._build())))[-1]
     assert last.timestamp == 1_700_000_000_000
     assert last.headers == [("meter-id", b"a1")]
+
+
+def test_a_key_written_twice_before_a_ship_is_shipped_once_where_its_last_write_is(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        tracker = ChangelogTracker(lambda exc: None)
+        data = RocksStore(tmp_path)
+        sender = Sender(per_batch=10)
+        store = TableStore(Table(data, tracker), lambda: sender).partition(0)
+        store.put("w|0", [0, 0, 1])
+        store.put("s|a", [1])
+        store.put("w|0", [0, 0, 2])
+        assert store.get("w|0") == [0, 0, 2]
+        await store.ship()
+        assert sender.batches == [[(b"s|a", b"[1]"), (b"w|0", b"[0,0,2]")]]
+        data.dbs[0].close()
+
+    asyncio.run(scenario())
