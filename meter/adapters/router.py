@@ -204,6 +204,10 @@ class Router:
                     heartbeat.result()  # it failed: so does the router (never silently)
                 batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=ROUTE_BATCH)
                 if not batch:
+                    # A partition paused as ahead waits for the slower ones, which may have been
+                    # read to their end since (the heartbeat's reports say so): re-evaluated at
+                    # every poll, or nothing would resume it (seen: a demo stalled for good).
+                    self._align(consumer)
                     continue
                 async with self.lock:
                     # Any failure propagates: nothing of this batch is committed.

@@ -7,9 +7,12 @@ caught up and idle, and which partitions run too far ahead during a catch-up.
   Idle partitions leave the watermark minimum (`meter.core.ledger.progress`), so a silent
   partition does not hold back everyone's windows.
 - alignment (as Flink's watermark alignment): a partition with a backlog whose `wm` is more than
-  `drift` ahead of the slowest active partition is paused until it is within half of that, so a
-  backlog is read roughly in event-time order across partitions and windows close as it drains.
-  A caught-up partition (live traffic) is never paused.
+  `drift` ahead of the slowest partition with a backlog is paused until it is within half of
+  that, so a backlog is read roughly in event-time order across partitions and windows close as
+  it drains. A caught-up partition (live traffic) is never paused, and never holds a backlog
+  back: it has nothing left to read in order (its events still hold the watermark, so reading
+  ahead elsewhere makes none of them late). Otherwise a partition whose only gateway's clock
+  runs an hour behind would hold every other partition's backlog for as long as it sends.
 """
 
 from __future__ import annotations
@@ -71,19 +74,17 @@ class SourceTracker:
 
     def ahead(self, now_s: float) -> tuple[set[int], set[int]]:
         """(partitions to pause, partitions to resume): see the module doc."""
-        active = {
-            p: s.wm for p, s in self.sources.items() if s.wm is not None and not self.idle(p, now_s)
-        }
-        if not active:
+        behind = {p: s.wm for p, s in self.sources.items() if s.wm is not None and not s.caught_up}
+        if not behind:
             self.paused = set()
             return set(), set(self.sources)
-        slowest = min(active.values())
+        slowest = min(behind.values())
         pause = set()
-        for p, wm in active.items():
+        for p, wm in behind.items():
             # Hysteresis: a paused partition resumes only well within the drift, so a partition
             # is not paused and resumed at every poll (each resume fetches again).
             limit = self.drift_ms // 2 if p in self.paused else self.drift_ms
-            if not self.sources[p].caught_up and wm > slowest + limit:
+            if wm > slowest + limit:
                 pause.add(p)
         self.paused = pause
         return pause, set(self.sources) - pause

@@ -243,3 +243,35 @@ def test_backlog_live_calls_a_wrong_clock_and_a_crash_keep_windows_and_alerts_ex
     bad = sum(1 for r in sent_records if not (r.startswith(b"{") and b'"app_id"' in r))
     assert sum(n for reason, n in reasons.items() if reason != "future_time") == bad
     d.stop_all()
+
+
+def test_a_backlog_far_ahead_of_a_partition_read_to_its_end_is_still_read(
+    deployments: Callable[..., Deployment],
+) -> None:
+    """Catch-up alignment pauses a backlog that runs ahead of a slower one. Here the slower
+    partition has three calls and is read to its end at once (a gateway whose clock runs hours
+    behind, or a replay that finished): it has nothing left to read in order, so it must not
+    hold the other partition's backlog. It did, for good: the paused partition was never
+    resumed, since alignment was re-evaluated only after a batch, and no batch came (seen as a
+    demo worker stalled with 3 records waiting, then exiting 75)."""
+    d = deployments(POLICY, partitions=2, grace="1m", idle_timeout="1h")
+    t0 = ms("2022-03-01T00:00")
+    behind = [event(f"b{i}", t0 + i * 1000, "o1-a", records=1) for i in range(3)]
+    ahead = [  # six hours later, more than a few router batches
+        event(f"a{i}", t0 + 6 * HOUR_MS + i * 1000, "o2-b", records=2) for i in range(30_000)
+    ]
+    kcat_produce(d.bootstrap, d.input_topic, 0, [dumps(e) for e in behind])
+    kcat_produce(d.bootstrap, d.input_topic, 1, [dumps(e) for e in ahead])
+    d.start_worker()
+    d.wait_consumed(timeout=120)
+    # The long idle timeout keeps partition 0 active: only the rule above lets partition 1 go.
+    want = {k: t.as_json() for k, t in expected_totals(behind + ahead, SIZES, ORG_OF).items()}
+    d.push(t0 + 2 * 24 * HOUR_MS, ["o1-a"])  # closes every window above
+    windows = latest_windows(d.settled_windows(want, timeout=120))
+    got = {
+        k: {"calls": v["calls"], "records": v["records"], "endpoints": v["endpoints"]}
+        for k, v in windows.items()
+        if k in want
+    }
+    assert got == want, describe_differences(got, want)
+    assert sum(w["calls"] for k, w in got.items() if k[:3] == ("org", "o2", "1h")) == 30_000

@@ -151,3 +151,18 @@ def test_catch_up_pauses_a_backlog_that_runs_ahead_but_never_live_traffic() -> N
     assert tracker.ahead(now_s=2)[0] == {1}  # 40 s ahead: not yet within half the drift
     tracker.routed(0, T + 100 * S, now_s=3)
     assert tracker.ahead(now_s=3) == (set(), {0, 1, 2})
+
+
+def test_a_partition_read_to_its_end_does_not_hold_a_backlog_back() -> None:
+    """Partition 0 is read to its end with events hours behind (a gateway clock running late,
+    or a replay that finished): there is nothing of it left to read in order, so partition 1's
+    backlog is not paused, however far ahead it is. Its events still hold the watermark."""
+    tracker = SourceTracker(idle_timeout_s=30, drift_ms=60_000)
+    tracker.assigned([0, 1, 2], now_s=0)
+    tracker.routed(0, T, now_s=1)
+    tracker.routed(1, T + 3_600 * S, now_s=1)
+    tracker.routed(2, T + 7_200 * S, now_s=1)
+    tracker.positions({0: True, 1: False, 2: False})
+    assert tracker.ahead(now_s=1) == ({2}, {0, 1})  # 2 waits for 1, the slowest backlog
+    tracker.positions({1: True})
+    assert tracker.ahead(now_s=2) == (set(), {0, 1, 2})

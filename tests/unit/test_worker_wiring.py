@@ -502,3 +502,57 @@ def test_outputs_go_out_as_batches_per_partition_and_a_refused_batch_is_retried_
     assert headers == [("meter-id", b"alerts-1"), ("h", b"v")]
     assert acknowledged == [[batch[0], batch[2]]]
     assert counter.unsent[3] == [batch[1], batch[3]]
+
+
+def test_a_partition_paused_as_ahead_is_resumed_on_a_poll_that_brings_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Partition 1 was paused, ahead of partition 0's backlog; partition 0's last batch was
+    routed and the heartbeat has since found it read to its end. No batch will come, so the
+    re-evaluation must happen on an empty poll, or partition 1 stays paused for good."""
+    import meter.adapters.router as router_module  # noqa: PLC0415
+
+    settings = WorkerSettings(policy=EXAMPLE, bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    now = 1_646_136_000_000
+    router = router_with(settings, now, [])
+    tp0, tp1 = (TopicPartition(settings.input_topic, p) for p in (0, 1))
+    router.sources.assigned([0, 1], now_s=0)
+    router.sources.routed(0, now - 6 * 3_600_000, now_s=0)
+    router.sources.routed(1, now, now_s=0)
+    router.sources.positions({0: False, 1: False})
+    assert router.sources.ahead(now_s=0) == ({1}, {0})  # the pause, as after a batch
+    router.sources.positions({0: True})  # the heartbeat's report, after partition 0's last batch
+    resumed: list[TopicPartition] = []
+
+    class Consumer:
+        def __init__(self, **_: object) -> None:
+            self.polls = 0
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        def subscribe(self, topics: list[str], listener: object) -> None: ...
+
+        async def getmany(self, **_: object) -> dict[TopicPartition, list[ConsumerRecord]]:
+            self.polls += 1
+            if self.polls > 3:
+                raise asyncio.CancelledError
+            return {}
+
+        def assignment(self) -> set[TopicPartition]:
+            return {tp0, tp1}
+
+        def paused(self) -> set[TopicPartition]:
+            return {tp1} - set(resumed)
+
+        def pause(self, *tps: TopicPartition) -> None:
+            assert not tps
+
+        def resume(self, *tps: TopicPartition) -> None:
+            resumed.extend(tps)
+
+    monkeypatch.setattr(router_module, "AIOKafkaConsumer", Consumer)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(router._consume())
+    assert resumed == [tp1]
