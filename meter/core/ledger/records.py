@@ -5,7 +5,8 @@ Keys of one routed partition's state:
   window;
 - `m|<kind>|<subject type>|<subject>|<details>|<day ms>`: a `DayMarker`, an alert raised once per
   subject and UTC day (unknown app, restricted use);
-- `d|<partition>|<bucket>|<offset>[|n]`: an `IdBlock`, event ids remembered for deduplication;
+- `d|<partition>|<bucket>|<offset>[|n]`: an `IdBlock`, event ids remembered for deduplication
+  (digests of their keys);
 - `w|<partition>`: the `PartitionMeta`, written last in every flush.
 
 Each record that produces outputs keeps them in its `outbox` until Kafka has them (`meter.core.
@@ -14,6 +15,9 @@ ledger.outbox`).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,20 +105,41 @@ class DayMarker:
         return cls(v[1], v[2], _outbound(v[3]), v[4] if len(v) > 4 else 0)
 
 
+def digest(key: str) -> bytes:
+    """What the ledger remembers of an event id's key (`meter.core.ledger.dedup`)."""
+    return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+
 @dataclass(slots=True)
 class IdBlock:
-    """Event ids first counted in one flush, in one ingest-time bucket: id -> routed offset."""
+    """Event ids first counted in one flush, in one ingest-time bucket: the 16-byte digests of
+    their keys, grouped by the routed offset of the record that counted them (offset, the
+    digests one after another)."""
 
     partition: int
     bucket: int
-    ids: dict[str, int]
+    entries: list[tuple[int, bytes]]
+
+    @classmethod
+    def of(cls, partition: int, bucket: int, ids: Iterable[tuple[bytes, int]]) -> IdBlock:
+        """A block of (digest, offset) pairs."""
+        by_offset: dict[int, list[bytes]] = {}
+        for key, offset in ids:
+            by_offset.setdefault(offset, []).append(key)
+        return cls(partition, bucket, [(o, b"".join(keys)) for o, keys in by_offset.items()])
+
+    def digests(self) -> list[bytes]:
+        return [p[i : i + 16] for _, p in self.entries for i in range(0, len(p), 16)]
 
     def encode(self) -> Encoded:
-        return ["d", self.partition, self.bucket, self.ids]
+        entries = [[o, base64.b64encode(p).decode()] for o, p in self.entries]
+        return ["d", self.partition, self.bucket, entries]
 
     @classmethod
     def decode(cls, v: Encoded) -> IdBlock:
-        return cls(v[1], v[2], v[3])
+        if isinstance(v[3], dict):  # written before 2026-12-02: {key: offset}
+            return cls.of(v[1], v[2], ((digest(k), o) for k, o in v[3].items()))
+        return cls(v[1], v[2], [(o, base64.b64decode(p)) for o, p in v[3]])
 
 
 @dataclass(slots=True)
