@@ -82,6 +82,14 @@ class Group:
     capped: Cells = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SubjectCaps:
+    by_window: dict[str, list[tuple[Cap, Levels]]]
+    """Caps by window name, with their threshold levels."""
+    filtered: list[Cap]
+    """The caps that count only some events (endpoint or status filters)."""
+
+
 def threshold_levels(cap: Cap) -> Levels:
     return [
         (t.ratio, t.severity, max(1, math.ceil(t.ratio * cap.limit - 1e-9))) for t in cap.thresholds
@@ -113,21 +121,32 @@ class Tally:
         self.unknown_app_alerts = unknown_app_alerts
         self.max_unknown_apps = max_unknown_apps
         self.restricted = frozenset(r.recipient for r in policy.restricted_uses)
-        self._caps: dict[SubjectKey, dict[str, list[tuple[Cap, Levels]]]] = {}
-        self._filtered: dict[SubjectKey, list[Cap]] = {}
+        self._caps: dict[str, dict[str, SubjectCaps]] = {"app": {}, "org": {}}
+        """Per subject type and subject: its caps (shared by every subject with the same)."""
+        self._shared: dict[tuple[Cap, ...], SubjectCaps] = {}
 
     # -- caps ----------------------------------------------------------------------------------
     def caps_for(self, stype: str, subject: str) -> dict[str, list[tuple[Cap, Levels]]]:
         """The subject's caps by window name, with their threshold levels."""
-        cached = self._caps.get((stype, subject))
+        return self._subject_caps(stype, subject).by_window
+
+    def _subject_caps(self, stype: str, subject: str) -> SubjectCaps:
+        by_subject = self._caps[stype]
+        cached = by_subject.get(subject)
         if cached is None:
             policy = self.policy
             caps = policy.app_caps(subject) if stype == "app" else policy.org_caps(subject)
-            cached = {}
-            for cap in caps:
-                cached.setdefault(cap.window.name, []).append((cap, threshold_levels(cap)))
-            self._caps[(stype, subject)] = cached
-            self._filtered[(stype, subject)] = [cap for cap in caps if cap.filtered]
+            # Subjects of one tier have the same caps: one table for all of them (thousands of
+            # subjects would otherwise hold a copy each).
+            cached = self._shared.get(caps)
+            if cached is None:
+                by_window: dict[str, list[tuple[Cap, Levels]]] = {}
+                for cap in caps:
+                    by_window.setdefault(cap.window.name, []).append((cap, threshold_levels(cap)))
+                cached = self._shared[caps] = SubjectCaps(
+                    by_window, [cap for cap in caps if cap.filtered]
+                )
+            by_subject[subject] = cached
         return cached
 
     def window_caps(self, slot: WindowSlot) -> tuple[Cap, ...]:
@@ -189,8 +208,7 @@ class Tally:
         stats.late = len(late_events)
 
     def _filtered_caps(self, stype: str, subject: str) -> list[Cap]:
-        self.caps_for(stype, subject)
-        return self._filtered[(stype, subject)]
+        return self._subject_caps(stype, subject).filtered
 
     def _sum(self, events: list[ApiCall], filtered: list[Cap]) -> Group:
         group = Group(events, calls=len(events))
