@@ -116,9 +116,10 @@ def progress(
 
 
 def slot(store: JsonStore, stype: str, subject: str, window: str, start_min: int) -> WindowSlot:
-    raw = store.get(f"s|{stype}|{subject}|{window}|{T0 + start_min * MIN}")
+    key = f"s|{stype}|{subject}|{window}|{T0 + start_min * MIN}"
+    raw = store.get(key)
     assert raw is not None
-    found = decode(raw)
+    found = decode(key, raw)
     assert isinstance(found, WindowSlot)
     return found
 
@@ -132,7 +133,9 @@ def windows_of(pending: list[Pending]) -> list[dict[str, Any]]:
 
 
 def stored_outbox(store: JsonStore) -> list[Pending]:
-    return [Pending(k, o) for k, raw in store.items() for o in getattr(decode(raw), "outbox", ())]
+    return [
+        Pending(k, o) for k, raw in store.items() for o in getattr(decode(k, raw), "outbox", ())
+    ]
 
 
 def quota_of(pending: list[Pending]) -> dict[str, dict[str, Any]]:

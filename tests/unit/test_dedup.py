@@ -108,7 +108,7 @@ def check(steps: list[tuple[str, object]], horizon_buckets: int) -> None:
         if kind == "restart":
             memory, state = IdMemory(0), WriteBackCache(store)
             for key, raw in store.items():
-                block = decode(raw)
+                block = decode(key, raw)
                 assert isinstance(block, IdBlock)
                 memory.load(key, block)
         elif kind == "record":
@@ -140,7 +140,7 @@ def check(steps: list[tuple[str, object]], horizon_buckets: int) -> None:
 
 
 def test_a_block_written_before_ids_were_digested_still_loads() -> None:
-    block = decode(["d", 0, 5, {"a1|x": 3, "a1|y": 4, "a2|x|org": 3}])
+    block = decode("d|0|5|4", ["d", 0, 5, {"a1|x": 3, "a1|y": 4, "a2|x|org": 3}])
     assert isinstance(block, IdBlock)
     memory = IdMemory(0)
     memory.load("d|0|5|4", block)
@@ -149,6 +149,6 @@ def test_a_block_written_before_ids_were_digested_still_loads() -> None:
     assert sorted(block.entries) == sorted(
         [(3, digest("a1|x") + digest("a2|x|org")), (4, digest("a1|y"))]
     )
-    again = decode(block.encode())
+    again = decode("d|0|5|4", block.encode())
     assert isinstance(again, IdBlock)
     assert again.entries == block.entries

@@ -30,7 +30,7 @@ class WriteBackCache:
         if value is None and key not in self.deleted:
             raw = self.store.get(key)
             if raw is not None:
-                value = self.values[key] = decode(raw)
+                value = self.values[key] = decode(key, raw)
         return value
 
     def put(self, key: str, value: Record) -> None:

@@ -141,7 +141,7 @@ class PartitionLedger:
         for key, raw in items:
             if raw[1] != self.partition:
                 continue
-            record = decode(raw)
+            record = decode(key, raw)
             if isinstance(record, PartitionMeta):
                 self.meta = record
                 self.durable_offset = record.last_offset

@@ -71,19 +71,43 @@ class WindowSlot:
         return counts[0] if cap.metric == "calls" else counts[1]
 
     def encode(self) -> Encoded:
-        return [
-            "s", self.partition, self.offset, self.subject_type, self.subject, self.org,
-            self.window, self.start_ms, self.end_ms, self.calls, self.records, self.endpoints,
-            self.recipients, self.capped, self.fired, self.rev, self.late, int(self.compact),
-            _outbox(self.outbox),
+        # The subject type, subject, window and start are the key's (`s|<type>|<subject>|
+        # <window>|<start>`), and trailing fields at their defaults are left out.
+        v: Encoded = [
+            "t", self.partition, self.offset, self.org, self.end_ms, self.calls, self.records,
+            self.endpoints, self.recipients, self.capped, self.fired, self.rev, self.late,
+            int(self.compact), _outbox(self.outbox),
         ]  # fmt: skip
+        n = len(v)
+        while n > _SLOT_FIXED and v[n - 1] == _SLOT_DEFAULTS[n - 1 - _SLOT_FIXED]:
+            n -= 1
+        return v[:n]
 
     @classmethod
-    def decode(cls, v: Encoded) -> WindowSlot:
+    def decode(cls, key: str, v: Encoded) -> WindowSlot:
+        if v[0] == "s":  # written before 2026-12-02, with the key's fields
+            return cls(
+                v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12],
+                v[13], v[14], v[15], v[16], bool(v[17]), _outbound(v[18]),
+            )  # fmt: skip
+        parts = key.split("|")
+        if len(v) < len(_SLOT_DEFAULTS) + _SLOT_FIXED:
+            v = [*v, *_slot_defaults()[len(v) - _SLOT_FIXED :]]
         return cls(
-            v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
-            v[14], v[15], v[16], bool(v[17]), _outbound(v[18]),
+            v[1], v[2], parts[1], "|".join(parts[2:-2]), v[3], parts[-2], int(parts[-1]), v[4],
+            v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], bool(v[13]), _outbound(v[14]),
         )  # fmt: skip
+
+
+_SLOT_FIXED = 7
+"""Fields of an encoded `WindowSlot` always written: kind, partition, offset, org, end, calls,
+records."""
+_SLOT_DEFAULTS: Encoded = [{}, {}, {}, [], OPEN, 0, 0, []]
+"""Defaults of the fields after them, for comparison only (`_slot_defaults` for new ones)."""
+
+
+def _slot_defaults() -> Encoded:
+    return [{}, {}, {}, [], OPEN, 0, 0, []]
 
 
 @dataclass(slots=True)
@@ -171,10 +195,10 @@ class PartitionMeta:
 Record = WindowSlot | DayMarker | IdBlock | PartitionMeta
 
 
-def decode(value: Encoded) -> Record:
+def decode(key: str, value: Encoded) -> Record:
     kind = value[0]
-    if kind == "s":
-        return WindowSlot.decode(value)
+    if kind in {"t", "s"}:
+        return WindowSlot.decode(key, value)
     if kind == "d":
         return IdBlock.decode(value)
     if kind == "m":
