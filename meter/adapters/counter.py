@@ -14,11 +14,12 @@ The offsets to resume from are committed from the ledgers (`meter.adapters.route
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+import msgspec
 
 from meter.adapters.app import App
 from meter.adapters.changelog import Outgoing, PartitionStore, tracker_of
@@ -33,6 +34,8 @@ from meter.core.policy import Policy
 from meter.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+_JSON = msgspec.json.Encoder()
+"""Output values as compact JSON (as `json.dumps` with compact separators, non-ASCII as UTF-8)."""
 
 
 class Counter:
@@ -311,5 +314,5 @@ def _outgoing(p: Pending) -> Outgoing:
     record = p.record
     headers = [(ID_HEADER, record.id.encode())]
     headers += [(k, v.encode()) for k, v in record.headers]
-    value = None if record.tombstone else json.dumps(record.value, separators=(",", ":")).encode()
+    value = None if record.tombstone else _JSON.encode(record.value)
     return record.key.encode(), value, record.ts_ms, headers

@@ -4,6 +4,7 @@ given day of month in an IANA time zone. `WindowSpec.bucket` runs per event per 
 
 from __future__ import annotations
 
+import functools
 import re
 from calendar import monthrange
 from collections.abc import Mapping
@@ -155,8 +156,10 @@ def _shift(year: int, month: int, delta: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def format_ms(ms: int) -> str:
-    """RFC 3339 in UTC with 'Z'; milliseconds are shown only when non-zero."""
+    """RFC 3339 in UTC with 'Z'; milliseconds are shown only when non-zero. (Cached: a window's
+    bounds are formatted in every record about it.)"""
     t = _EPOCH + timedelta(milliseconds=ms)
     text = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
     millis = ms % 1000

@@ -86,6 +86,8 @@ class Group:
 class SubjectCaps:
     by_window: dict[str, list[tuple[Cap, Levels]]]
     """Caps by window name, with their threshold levels."""
+    of_window: dict[str, tuple[Cap, ...]]
+    """Caps by window name."""
     filtered: list[Cap]
     """The caps that count only some events (endpoint or status filters)."""
 
@@ -144,14 +146,15 @@ class Tally:
                 for cap in caps:
                     by_window.setdefault(cap.window.name, []).append((cap, threshold_levels(cap)))
                 cached = self._shared[caps] = SubjectCaps(
-                    by_window, [cap for cap in caps if cap.filtered]
+                    by_window,
+                    {name: tuple(cap for cap, _ in levels) for name, levels in by_window.items()},
+                    [cap for cap in caps if cap.filtered],
                 )
             by_subject[subject] = cached
         return cached
 
     def window_caps(self, slot: WindowSlot) -> tuple[Cap, ...]:
-        caps = self.caps_for(slot.subject_type, slot.subject).get(slot.window, ())
-        return tuple(cap for cap, _ in caps)
+        return self._subject_caps(slot.subject_type, slot.subject).of_window.get(slot.window, ())
 
     # -- counting ------------------------------------------------------------------------------
     def fold(self, ctx: Context, events: Sequence[ApiCall], levels: Sequence[str | None],
