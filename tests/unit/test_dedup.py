@@ -152,3 +152,23 @@ def test_a_block_written_before_ids_were_digested_still_loads() -> None:
     again = decode("d|0|5|4", block.encode())
     assert isinstance(again, IdBlock)
     assert again.entries == block.entries
+
+
+def test_ids_are_let_go_when_forgotten_even_if_no_new_ones_come() -> None:
+    """A burst, then silence: forgetting must release the burst's memory without waiting for a
+    merge that new ids would trigger."""
+    store = JsonStore()
+    state, memory = WriteBackCache(store), IdMemory(0)
+    t = 100 * BUCKET_MS
+    for n in range(5):
+        events = [ApiCall(id=f"e{n}-{i}", time_ms=0, app_id="a1") for i in range(1000)]
+        memory.admit(events, None, n, t + n * 1000)
+        memory.save(state, n)
+    assert memory.stored() == 5000
+    memory.forget(t + BUCKET_MS // 2, state)  # nothing past the horizon yet
+    assert memory.stored() == 5000
+    memory.forget(t + 2 * BUCKET_MS, state)  # the burst's bucket is forgotten
+    assert memory.stored() == 0
+    assert len(memory) == 0
+    state.flush()
+    assert not store.data  # and its blocks deleted

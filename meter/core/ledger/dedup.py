@@ -22,7 +22,7 @@ run (`_valid`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -56,9 +56,19 @@ class _Run:
     bucket: I64
     epoch: I64
     """The number of `forget` calls before the id was admitted (see `IdMemory._valid`)."""
+    sizes: dict[int, int] = field(init=False)
+    """Ids per bucket."""
+
+    def __post_init__(self) -> None:
+        buckets, counts = np.unique(self.bucket, return_counts=True)
+        self.sizes = dict(zip(buckets.tolist(), counts.tolist(), strict=True))
 
     def __len__(self) -> int:
         return len(self.hi)
+
+    def where(self, keep: npt.NDArray[np.bool_]) -> _Run:
+        return _Run(self.hi[keep], self.lo[keep], self.offset[keep], self.bucket[keep],
+                    self.epoch[keep])  # fmt: skip
 
 
 def _halves(digests: Sequence[bytes]) -> tuple[U64, U64]:
@@ -168,12 +178,25 @@ class IdMemory:
         """Drop the ids of ingest-time buckets that ended before `horizon_ms`."""
         floor = horizon_ms // BUCKET_MS
         self._epoch += 1
+        advanced = self._floor is None or floor > self._floor
         self._floor = floor if self._floor is None else max(self._floor, floor)
         for bucket in [b for b in self._counts if b < floor]:
             del self._counts[bucket]
             self._recent.pop(bucket, None)
             for block in self._blocks.pop(bucket, ()):
                 state.delete(block)
+        if advanced:
+            # Every id stored so far is now valid only if its bucket is kept (its epoch is
+            # older): a run mostly forgotten is filtered now rather than at its next merge, which
+            # may never come if the traffic drops (its memory would stay).
+            floor = self._floor
+            runs = []
+            for run in self._runs:
+                forgotten = sum(n for b, n in run.sizes.items() if b < floor)
+                kept = run.where(run.bucket >= floor) if 2 * forgotten > len(run) else run
+                if len(kept):
+                    runs.append(kept)
+            self._runs = runs
 
     # -- the runs ------------------------------------------------------------------------------
     def _known(self, keys: Sequence[bytes]) -> list[int | None]:
@@ -243,3 +266,7 @@ class IdMemory:
             bucket[keep][order],
             epoch[keep][order],
         )
+
+    def stored(self) -> int:
+        """Ids held in the runs, forgotten ones not yet dropped included (for tests)."""
+        return sum(len(run) for run in self._runs)
