@@ -172,3 +172,24 @@ def test_ids_are_let_go_when_forgotten_even_if_no_new_ones_come() -> None:
     assert len(memory) == 0
     state.flush()
     assert not store.data  # and its blocks deleted
+
+
+def test_a_record_applied_again_after_a_restart_is_known_as_its_own() -> None:
+    """A crash after a flush's id blocks reached the store but before its meta key did: the
+    record is applied again over the stored ids, which must carry its offset (its events are
+    admitted again, none as fresh, none as repeats); another record's same ids are repeats."""
+    store = JsonStore()
+    state, memory = WriteBackCache(store), IdMemory(0)
+    events = [ApiCall(id=f"e{i}", time_ms=0, app_id="a1") for i in range(3)]
+    t = 100 * BUCKET_MS
+    memory.admit(events, None, 7, t)
+    memory.save(state, 7)
+    state.flush()
+    reloaded = IdMemory(0)
+    for key, raw in store.items():
+        block = decode(key, raw)
+        assert isinstance(block, IdBlock)
+        reloaded.load(key, block)
+    again = reloaded.admit(events, None, 7, t)
+    assert (again.events, again.fresh, again.duplicates) == (events, set(), 0)
+    assert reloaded.admit(events, None, 8, t).duplicates == 3

@@ -110,13 +110,9 @@ class IdMemory:
 
     def load(self, key: str, block: IdBlock) -> None:
         """Remember a stored block (bootstrap)."""
-        digests: list[bytes] = []
-        offsets: list[int] = []
-        for offset, packed in block.entries:
-            n = len(packed) // 16
-            digests += (packed[i * 16 : i * 16 + 16] for i in range(n))
-            offsets += [offset] * n
-        self._add_run(digests, offsets, [block.bucket] * len(digests))
+        pairs = list(block.pairs())
+        digests = [key for key, _ in pairs]
+        self._add_run(digests, (offset for _, offset in pairs), [block.bucket] * len(digests))
         self._blocks.setdefault(block.bucket, []).append(key)
         self._counts[block.bucket] = self._counts.get(block.bucket, 0) + len(digests)
 
@@ -130,20 +126,18 @@ class IdMemory:
         """The events of the record at `offset` that are not repeats. Re-applying the same record
         admits the same events again (they carry its offset), but none of them as fresh."""
         bucket = ingest_ms // BUCKET_MS
-        keys = [digest(id_key(ev, levels[i] if levels else None)) for i, ev in enumerate(events)]
+        at = levels if levels else [None] * len(events)
+        keys = [digest(id_key(ev, level)) for ev, level in zip(events, at, strict=True)]
         known = self._known(keys)
         recent = self._recent.setdefault(bucket, {})
         seen_here: set[bytes] = set()
         out = Admitted([], [], set(), 0)
         added = 0
-        for i, ev in enumerate(events):
-            level = levels[i] if levels else None
-            key = keys[i]
+        for ev, level, key, was in zip(events, at, keys, known, strict=True):
             if key in seen_here:
                 out.duplicates += level != "org"  # an event's org half is not a second repeat
                 continue
             seen_here.add(key)
-            was = known[i]
             if was is None:
                 out.fresh.add(id(ev))
                 recent[key] = offset

@@ -370,22 +370,18 @@ class PartitionLedger:
         return out
 
     def _track_usage(self, slot: WindowSlot) -> None:
-        for cap, _ in self.tally.caps_for(slot.subject_type, slot.subject).get(slot.window, ()):
+        for cap in self.tally.window_caps(slot):
             ukey = (slot.subject_type, slot.subject, cap.key)
             known = self.usage.get(ukey)
             if known is not None and known.start_ms > slot.start_ms:
                 continue
-            counts = (
-                slot.capped.get(cap.key, (0, 0)) if cap.filtered else (slot.calls, slot.records)
-            )
-            used = counts[0] if cap.metric == "calls" else counts[1]
             self.usage[ukey] = CapUsage(
                 slot.subject_type, slot.subject, cap.key, cap.metric, slot.window,
-                slot.start_ms, slot.end_ms, used, cap.limit,
+                slot.start_ms, slot.end_ms, slot.used(cap), cap.limit,
             )  # fmt: skip
 
     def _forget_usage(self, slot: WindowSlot) -> None:
-        for cap, _ in self.tally.caps_for(slot.subject_type, slot.subject).get(slot.window, ()):
+        for cap in self.tally.window_caps(slot):
             ukey = (slot.subject_type, slot.subject, cap.key)
             known = self.usage.get(ukey)
             if known is not None and known.start_ms == slot.start_ms:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,12 +102,15 @@ class WindowSlot:
 _SLOT_FIXED = 7
 """Fields of an encoded `WindowSlot` always written: kind, partition, offset, org, end, calls,
 records."""
-_SLOT_DEFAULTS: Encoded = [{}, {}, {}, [], OPEN, 0, 0, []]
-"""Defaults of the fields after them, for comparison only (`_slot_defaults` for new ones)."""
 
 
 def _slot_defaults() -> Encoded:
+    """Defaults of the fields after them (new objects: a decoded window may change them)."""
     return [{}, {}, {}, [], OPEN, 0, 0, []]
+
+
+_SLOT_DEFAULTS = _slot_defaults()
+"""The same, for comparison only."""
 
 
 @dataclass(slots=True)
@@ -152,8 +155,14 @@ class IdBlock:
             by_offset.setdefault(offset, []).append(key)
         return cls(partition, bucket, [(o, b"".join(keys)) for o, keys in by_offset.items()])
 
+    def pairs(self) -> Iterator[tuple[bytes, int]]:
+        """(digest, offset) of every id in the block."""
+        for offset, packed in self.entries:
+            for i in range(0, len(packed), 16):
+                yield packed[i : i + 16], offset
+
     def digests(self) -> list[bytes]:
-        return [p[i : i + 16] for _, p in self.entries for i in range(0, len(p), 16)]
+        return [key for key, _ in self.pairs()]
 
     def encode(self) -> Encoded:
         entries = [[o, base64.b64encode(p).decode()] for o, p in self.entries]
